@@ -1,0 +1,319 @@
+"""SaltDataModule: the `data:` section of a config, from file names to dataloaders."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import uuid
+import warnings
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from salt.data.dataset import JetDataset
+from salt.data.h5files import FileSpec, check_readable, combine_files, open_h5, resolve_files
+from salt.data.sampler import BatchOrderSampler
+from salt.data.tempcopy import copy_destinations, copy_to_temp, register_for_cleanup
+from salt.errors import SaltError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+def _die_with_parent(_worker_id: int) -> None:
+    """Worker init: have the kernel kill this worker when the main process dies, even by SIGKILL."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:  # not Linux: torch's own watchdog still ends orphaned workers
+        pass
+
+
+class SaltDataLoader(DataLoader):
+    """A DataLoader that Lightning checkpoints: where in which epoch the batch order stands.
+
+    With it a checkpoint written mid-epoch (on SIGTERM, say) resumes with the batches that epoch
+    had not yet seen, instead of starting the epoch over.
+    """
+
+    def __init__(self, *args, progress=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._progress = progress  # callable: batches of the current epoch already trained on
+
+    def state_dict(self) -> dict:
+        done = self._progress() if self._progress is not None else 0
+        return {"epoch": self.sampler.epoch, "batches_done": int(done)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.epoch = int(state["epoch"])
+        done = int(state["batches_done"])
+        # a checkpoint written at the end of an epoch has nothing left to skip
+        self.sampler.skip = done if done < len(self.sampler.order()) else 0
+
+
+class SaltDataModule(L.LightningDataModule):
+    """Reads UPP-format files in weakly shuffled batches.
+
+    Parameters
+    ----------
+    train_file, val_file, test_file
+        One path, a glob or a list; several files are combined as one virtual dataset.
+    norm_dict
+        UPP's norm_dict.yaml; the model normalises its inputs with it.
+    class_dict
+        UPP's class_dict.yaml, for tasks with ``use_class_dict: true``.
+    variables
+        Input variables per object type, e.g. ``{jets: [pt_btagJes, ...], tracks: [d0, ...]}``.
+    input_map
+        Config name -> dataset name in the files, e.g. ``{tracks: consts}``.
+    global_object
+        Config name of the jet-level object.
+    batch_size
+        Jets per batch.
+    test_batch_size
+        Jets per batch for `salt test` (default: batch_size).
+    num_workers
+        Dataloader worker processes (0: read in the training process).
+    num_train, num_val, num_test
+        Jets to use from each split (-1: all; more than the file holds: all, with a warning).
+    num_inputs
+        Read only the first n constituent slots, e.g. ``{tracks: 20}``.
+    move_files_temp
+        Copy the input files into this folder (e.g. /dev/shm/<user>) first; the copies are
+        removed when the run ends, however it ends.
+    pin_memory, persistent_workers, prefetch_factor
+        As in torch's DataLoader (pinning only applies when training on a GPU).
+    test_suff
+        Suffix for the prediction file of `salt test`.
+    check_jets
+        Jets of each split scanned before training for non-finite inputs and labels outside their
+        task's classes (-1: all). Every batch is checked again when read.
+    labels
+        Label fields per object type. Derived from the tasks by `salt`; no need to set.
+    label_classes
+        Number of classes per classification label. Derived by `salt`; no need to set.
+    """
+
+    def __init__(
+        self,
+        train_file: FileSpec | None = None,
+        val_file: FileSpec | None = None,
+        test_file: FileSpec | None = None,
+        norm_dict: str | None = None,
+        class_dict: str | None = None,
+        variables: dict[str, list[str]] | None = None,
+        input_map: dict[str, str] | None = None,
+        global_object: str = "jets",
+        batch_size: int = 1000,
+        test_batch_size: int | None = None,
+        num_workers: int = 0,
+        num_train: int = -1,
+        num_val: int = -1,
+        num_test: int = -1,
+        num_inputs: dict[str, int] | None = None,
+        move_files_temp: str | None = None,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        prefetch_factor: int | None = None,
+        test_suff: str | None = None,
+        check_jets: int = 100_000,
+        labels: dict[str, list[str]] | None = None,
+        label_classes: dict[str, dict[str, int]] | None = None,
+    ):
+        super().__init__()
+        self.files = {"train": train_file, "val": val_file, "test": test_file}
+        self.norm_dict = norm_dict
+        self.class_dict = class_dict
+        self.variables = variables or {}
+        self.input_map = input_map or {}
+        self.global_object = global_object
+        self.batch_size = batch_size
+        self.test_batch_size = test_batch_size or batch_size
+        self.num_workers = num_workers
+        self.num_jets = {"train": num_train, "val": num_val, "test": num_test}
+        self.num_inputs = num_inputs
+        self.move_files_temp = move_files_temp
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers
+        self.prefetch_factor = prefetch_factor
+        self.test_suff = test_suff
+        self.check_jets = check_jets
+        self.labels = labels or {}
+        self.label_classes = label_classes or {}
+        self.paths: dict[str, Path] = {}  # the file each split is read from (copy / virtual file)
+        self.sources: dict[str, list[Path]] = {}  # the user's files behind it
+        self.datasets: dict[str, JetDataset] = {}
+
+    # ----------------------------------------------------------------------------- files
+    def resolve(self, splits: tuple[str, ...]) -> None:
+        """Check and locate the files of `splits`; copy them to fast disk when asked to."""
+        for split in splits:
+            spec = self.files[split]
+            if spec is None:
+                raise SaltError(f"data.{split}_file is not set: pass --data.{split}_file PATH.")
+            paths = resolve_files(spec, split)
+            for path in paths:
+                with open_h5(path, split) as f:
+                    names = [k for k in f if k in (self._dataset_names())]
+                check_readable(path, split, names)
+            self.sources[split] = paths
+        if self.move_files_temp:
+            self._copy_to_temp(splits)
+        for split in splits:
+            if split not in self.paths:
+                self.paths[split] = self._combine(self.sources[split], split)
+
+    def _dataset_names(self) -> set[str]:
+        names = {self.global_object, *self.variables, *self.labels}
+        return {self.input_map.get(n, n) for n in names}
+
+    def _combine(self, paths: list[Path], split: str) -> Path:
+        if len(paths) == 1:
+            return paths[0]
+        path = combine_files(paths, split)
+        register_for_cleanup(path.parent)
+        return path
+
+    def _copy_to_temp(self, splits: tuple[str, ...]) -> None:
+        strategy = self.trainer.strategy if self.trainer is not None else None
+        distributed = strategy is not None and strategy.world_size > 1
+        # one folder name for all ranks (broadcast from rank 0), one copy per node
+        name = f"salt_{uuid.uuid4().hex[:8]}"
+        if distributed:
+            name = strategy.broadcast(name, src=0)
+        folder = Path(os.path.expandvars(os.path.expanduser(self.move_files_temp))) / name
+        all_paths = [p for s in splits for p in self.sources[s]]
+        if strategy is None or strategy.local_rank == 0:
+            copies = copy_to_temp(all_paths, folder)
+        else:
+            copies = copy_destinations(all_paths, folder)
+        if distributed:
+            strategy.barrier("salt_move_files_temp")
+        i = 0
+        for split in splits:
+            n = len(self.sources[split])
+            self.paths[split] = self._combine(copies[i : i + n], split)
+            i += n
+
+    # ----------------------------------------------------------------------------- datasets
+    def make_dataset(self, split: str) -> JetDataset:
+        dataset = JetDataset(
+            self.paths[split],
+            variables=self.variables,
+            labels=self.labels,
+            batch_size=self.test_batch_size if split == "test" else self.batch_size,
+            num_jets=self.num_jets[split],
+            input_map=self.input_map,
+            global_object=self.global_object,
+            num_constituents=self.num_inputs,
+            label_classes=self.label_classes,
+            split=split,
+        )
+        for message in dataset.warnings:
+            log.warning(message)
+            warnings.warn(message, stacklevel=2)
+        return dataset
+
+    def preflight(self, split: str) -> None:
+        """Read the first `check_jets` jets once: bad values fail here, before any training."""
+        dataset = self.datasets[split]
+        n_jets = dataset.num_jets if self.check_jets < 0 else min(self.check_jets, dataset.num_jets)
+        for index in range(-(-n_jets // dataset.batch_size)):
+            dataset[index]
+        dataset.close()
+
+    def setup(self, stage: str) -> None:
+        splits = {
+            "fit": ("train", "val"),
+            "validate": ("val",),
+            "test": ("test",),
+            "predict": ("test",),
+        }
+        splits = splits.get(stage, ())
+        splits = tuple(s for s in splits if s not in self.datasets)
+        if not splits:
+            return
+        self.resolve(splits)
+        for split in splits:
+            self.datasets[split] = self.make_dataset(split)
+            self.preflight(split)
+        self._advise_workers()
+
+    def teardown(self, stage: str) -> None:
+        for dataset in self.datasets.values():
+            dataset.close()
+
+    def _advise_workers(self) -> None:
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except AttributeError:
+            cpus = os.cpu_count() or 1
+        on_gpu = self.trainer is not None and self.trainer.accelerator.__class__.__name__ in (
+            "CUDAAccelerator",
+            "MPSAccelerator",
+        )
+        if self.num_workers > cpus:
+            warnings.warn(
+                f"data.num_workers = {self.num_workers} but this process may use {cpus} CPUs: "
+                f"the workers will compete for them. Use --data.num_workers {cpus} or fewer.",
+                stacklevel=2,
+            )
+        elif self.num_workers == 0 and on_gpu and cpus > 1:
+            warnings.warn(
+                f"data.num_workers = 0 on a GPU run with {cpus} CPUs: the GPU may wait for data. "
+                f"Try --data.num_workers {min(cpus - 1, 15)}.",
+                stacklevel=2,
+            )
+
+    # ----------------------------------------------------------------------------- loaders
+    def _seed(self) -> int:
+        return int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+    def _loader(self, split: str, shuffle: bool) -> SaltDataLoader:
+        dataset = self.datasets[split]
+        rank, world = 0, 1
+        if self.trainer is not None and split != "test":
+            rank, world = self.trainer.global_rank, self.trainer.world_size
+        sampler = BatchOrderSampler(len(dataset), shuffle, self._seed(), rank, world)
+        workers = self.num_workers
+        on_gpu = torch.cuda.is_available() and (
+            self.trainer is None or self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator"
+        )
+        progress = None
+        if split == "train" and self.trainer is not None:
+            trainer = self.trainer
+
+            def progress() -> int:
+                return trainer.fit_loop.epoch_loop.batch_progress.current.completed
+
+        return SaltDataLoader(
+            dataset,
+            batch_size=None,  # the dataset returns whole batches
+            sampler=sampler,
+            num_workers=workers,
+            pin_memory=self.pin_memory and on_gpu,
+            persistent_workers=self.persistent_workers and workers > 0,
+            prefetch_factor=self.prefetch_factor if workers > 0 else None,
+            worker_init_fn=_die_with_parent if workers > 0 else None,
+            # a private generator keeps the loader from drawing on the global RNG, which
+            # must feed only the model for runs and resumes to be bit-identical
+            generator=torch.Generator().manual_seed(self._seed()),
+            progress=progress,
+        )
+
+    def train_dataloader(self) -> SaltDataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> SaltDataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> SaltDataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> SaltDataLoader:
+        return self._loader("test", shuffle=False)

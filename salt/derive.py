@@ -1,0 +1,137 @@
+"""Settings `salt` derives from the config and the files before anything is built.
+
+The user writes variables once (under `data.variables`) and tasks with their labels; from these
+follow the labels the dataloader reads, the class names (from the training file's attributes),
+the class weights (from the class dict) and what the model needs to normalise its inputs. All of
+it lands in the config itself, so the saved config.yaml shows what was used.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from salt.data.dataset import JetDataset
+from salt.data.h5files import open_h5, resolve_files
+from salt.data.yamldicts import load_class_weights
+from salt.errors import SaltError
+
+CLASSIFICATION = "salt.models.tasks.ClassificationTask"
+REGRESSION = ("salt.models.tasks.RegressionTask", "salt.models.tasks.GaussianRegressionTask")
+
+
+def _short(class_path: str) -> str:
+    return class_path.rsplit(".", 1)[-1]
+
+
+def _is(task, class_path: str) -> bool:
+    return _short(task.class_path) == _short(class_path)
+
+
+def reference_file(data, subcommand: str) -> Path | None:
+    """The file whose attributes name the classes: training file first, else val, else test."""
+    order = ("train_file", "val_file", "test_file")
+    if subcommand in ("test", "predict"):
+        order = ("test_file", "train_file", "val_file")
+    for key in order:
+        spec = data.get(key)
+        if spec:
+            split = key.removesuffix("_file")
+            return resolve_files(spec, split)[0]
+    return None
+
+
+def class_names_from_file(path: Path, dataset: str, label: str) -> list[str]:
+    with open_h5(path, "train") as f:
+        if dataset not in f:
+            raise SaltError(f"'{path}' has no dataset '{dataset}' to read class names from.")
+        attrs = f[dataset].attrs
+        if label not in attrs:
+            raise SaltError(
+                f"'{path}': dataset '{dataset}' has no '{label}' attribute naming the classes "
+                f"of '{label}'. Set class_names in the task's init_args."
+            )
+        return [c.decode() if isinstance(c, bytes) else str(c) for c in attrs[label]]
+
+
+def derive(config, subcommand: str) -> None:
+    """Fill in the derived settings of a parsed `salt` config (a jsonargparse Namespace)."""
+    data = config.data
+    model_args = config.model.model.init_args
+    variables = data.variables
+    if not variables:
+        raise SaltError("data.variables is empty: list the input variables per object type.")
+    global_object = data.global_object
+    input_map = data.input_map or {}
+
+    # what the model needs to build its normalisation
+    model_args.variables = {k: list(v) for k, v in variables.items()}
+    model_args.norm_dict = data.norm_dict
+    model_args.input_map = dict(input_map)
+    model_args.global_object = global_object
+    if data.norm_dict is None:
+        raise SaltError("data.norm_dict is not set: point it to UPP's norm_dict.yaml.")
+
+    labels: dict[str, list[str]] = {}
+    label_classes: dict[str, dict[str, int]] = {}
+    ref = None
+    for task in model_args.tasks or []:
+        args = task.init_args
+        name = args.get("name")
+        input_name = args.get("input_name")
+        if input_name is None:
+            raise SaltError(f"task '{name}' has no input_name.")
+        fields = list(args.get("targets") or []) or [args.get("label")]
+        if _is(task, "VertexingTask") and args.get("label") is None:
+            fields = ["ftagTruthVertexIndex"]
+        for field in fields:
+            if field and field not in labels.setdefault(input_name, []):
+                labels[input_name].append(field)
+        if any(_is(task, r) for r in REGRESSION) and args.get("norm_dict") is None:
+            args.norm_dict = data.norm_dict
+        if not _is(task, CLASSIFICATION):
+            continue
+        label = args.get("label")
+        if args.get("class_names") is None and label != "ftagTruthOriginLabel":
+            ref = ref or reference_file(data, subcommand)
+            if ref is None:
+                raise SaltError(f"task '{name}': no data file to read class names from.")
+            args.class_names = class_names_from_file(
+                ref, input_map.get(input_name, input_name), label
+            )
+        n_classes = len(args.class_names) if args.get("class_names") else 8
+        label_classes.setdefault(input_name, {})[label] = n_classes
+        if args.get("use_class_dict"):
+            if args.get("class_weights") is not None:
+                raise SaltError(
+                    f"task '{name}': give class_weights or use_class_dict, not both."
+                )
+            if not data.class_dict:
+                raise SaltError(
+                    f"task '{name}' has use_class_dict: true but data.class_dict is not set."
+                )
+            args.class_weights = load_class_weights(
+                data.class_dict, input_name, label, n_classes, input_map
+            )
+    data.labels = labels
+    data.label_classes = label_classes
+
+
+def check_inputs(config, subcommand: str) -> None:
+    """Open the first file of each split in use and check its datasets and variables (fast)."""
+    data = config.data
+    splits = {"fit": ("train", "val"), "validate": ("val",)}.get(subcommand, ("test",))
+    for split in splits:
+        spec = data.get(f"{split}_file")
+        if not spec:
+            raise SaltError(f"data.{split}_file is not set: pass --data.{split}_file PATH.")
+        path = resolve_files(spec, split)[0]
+        JetDataset(
+            path,
+            variables=data.variables,
+            labels=data.labels,
+            batch_size=data.batch_size,
+            input_map=data.input_map,
+            global_object=data.global_object,
+            num_constituents=data.num_inputs,
+            split=split,
+        )

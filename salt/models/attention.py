@@ -1,0 +1,96 @@
+"""Every attention kernel salt uses, behind one function and one module.
+
+Backends (shapes: B jets, H heads, L slots, N packed tokens, d per-head features):
+
+* ``math``: explicit softmax(QK^T/sqrt(d)) V with a masked, NaN-safe softmax. Exports to ONNX.
+* ``sdpa``: `torch.nn.functional.scaled_dot_product_attention` over padded slots.
+* ``varlen``: `torch.nn.attention.varlen.varlen_attn` over packed tokens (CUDA only; on CPU it
+  has no kernel, and the packed layout falls back to sdpa over the batch's longest jet).
+* ``auto``: varlen for packed tokens on a GPU, sdpa otherwise.
+
+The layout (`salt.models.layout`) decides how tokens reach the kernel; this module computes.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "math", "sdpa", "varlen")
+
+
+@functools.cache
+def varlen_available() -> bool:
+    try:
+        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
+    except ImportError:
+        log.warning("torch.nn.attention.varlen is missing in this torch: packed attention pads")
+        return False
+    return True
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, backend: str = "sdpa") -> Tensor:
+    """Attention over padded slots.
+
+    Parameters
+    ----------
+    q, k, v
+        (B, H, L, d).
+    mask
+        (B, L) bool, True for a valid key; None when all are valid.
+    backend
+        ``math`` or ``sdpa``.
+
+    Returns
+    -------
+    (B, H, L, d). Rows of padded queries hold values that callers drop.
+    """
+    if backend == "sdpa":
+        attn_mask = None if mask is None else mask[:, None, None, :]
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+    if backend != "math":
+        raise ValueError(f"attention backend '{backend}' is not one of {BACKENDS}")
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        # finite fill: a jet with no valid key gets uniform weights instead of NaN
+        scores = scores.masked_fill(~mask[:, None, None, :], torch.finfo(scores.dtype).min)
+    return torch.softmax(scores, dim=-1) @ v
+
+
+class MultiheadAttention(nn.Module):
+    """Self-attention among the constituents of each jet, in either layout.
+
+    Parameters
+    ----------
+    embed_dim
+        Features per token in and out.
+    num_heads
+        Attention heads; must divide embed_dim.
+    backend
+        One of ``auto``, ``math``, ``sdpa``, ``varlen`` (see the module docstring).
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, backend: str = "auto"):
+        super().__init__()
+        if embed_dim % num_heads:
+            raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
+        if backend not in BACKENDS:
+            raise ValueError(f"attention backend '{backend}' is not one of {BACKENDS}")
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+        self.backend = backend
+        self.qkv = nn.Linear(embed_dim, 3 * embed_dim)
+        self.out = nn.Linear(embed_dim, embed_dim)
+
+    def forward(self, x: Tensor, layout) -> Tensor:
+        """(N, D) packed or (B, L, D) padded -> same shape."""
+        q, k, v = self.qkv(x).unflatten(-1, (3, self.num_heads, self.head_dim)).unbind(-3)
+        out = layout.attention(q, k, v, self.backend)
+        return self.out(out.flatten(-2))

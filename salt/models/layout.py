@@ -1,0 +1,183 @@
+"""How the constituents of a batch of jets are laid out, and the set operations on each layout.
+
+Two layouts, one interface, so that every encoder, pooling and task is written once:
+
+* `Packed`: only the valid constituents, jet after jet: ``x`` is ``(N, ...)`` with N the number of
+  valid constituents in the batch. This is the training layout: no compute goes to padding.
+* `Padded`: ``x`` is ``(B, L, ...)`` with a mask ``(B, L)`` (True = valid), or no mask when every
+  slot is valid (one jet at a time, as ONNX runs it).
+
+Both offer `pad`/`unpad` (to and from a padded view), `sum` and `softmax` over the constituents of
+each jet, `attention`, and the pairs of constituents within a jet.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from salt.models.attention import attend, varlen_available
+
+
+def _neg_fill(scores: Tensor) -> float:
+    # a finite fill keeps a jet whose every slot is masked finite (uniform weights), where -inf
+    # would give NaN; exp(min - max) is still exactly 0 next to any valid entry
+    return torch.finfo(scores.dtype).min
+
+
+class Packed:
+    """Valid constituents packed jet after jet.
+
+    Parameters
+    ----------
+    valid
+        (B, T) bool, True for a real constituent.
+    """
+
+    def __init__(self, valid: Tensor):
+        self.valid = valid
+        self.n_jets = valid.shape[0]
+        self.lengths = valid.sum(1)  # (B,)
+        self.cu_seqlens = F.pad(self.lengths.cumsum(0), (1, 0)).to(torch.int32)  # (B+1,)
+        self.n_tokens = int(self.cu_seqlens[-1])
+        self.max_len = int(self.lengths.max()) if self.n_jets else 0
+        jets = torch.arange(self.n_jets, device=valid.device)
+        self.batch = torch.repeat_interleave(jets, self.lengths, output_size=self.n_tokens)  # (N,)
+        self.position = (
+            torch.arange(self.n_tokens, device=valid.device) - self.cu_seqlens[self.batch].long()
+        )  # (N,)
+        self._pairs: tuple[Tensor, Tensor] | None = None
+
+    # ----------------------------------------------------------------------------- layout
+    def pad(self, x: Tensor, length: int | None = None) -> tuple[Tensor, Tensor]:
+        """(N, ...) -> ((B, L, ...) zero-padded, (B, L) mask); L = longest jet unless given."""
+        length = self.max_len if length is None else length
+        out = x.new_zeros((self.n_jets, length, *x.shape[1:]))
+        out[self.batch, self.position] = x
+        mask = torch.arange(length, device=x.device)[None, :] < self.lengths[:, None]
+        return out, mask
+
+    def unpad(self, x: Tensor) -> Tensor:
+        """(B, L, ...) -> (N, ...)."""
+        return x[self.batch, self.position]
+
+    def scatter(self, x: Tensor, fill: float = 0.0) -> Tensor:
+        """(N, ...) -> (B, T, ...) in the slots of the original `valid` layout."""
+        out = x.new_full((*self.valid.shape, *x.shape[1:]), fill)
+        out[self.valid] = x
+        return out
+
+    def per_token(self, jet_values: Tensor, like: Tensor | None = None) -> Tensor:
+        """(B, F) -> (N, F): each constituent gets its jet's value."""
+        return jet_values[self.batch]
+
+    # ----------------------------------------------------------------------------- set ops
+    def sum(self, x: Tensor) -> Tensor:
+        """(N, ...) -> (B, ...): sum over each jet's constituents (0 for an empty jet)."""
+        out = x.new_zeros((self.n_jets, *x.shape[1:]))
+        return out.index_add(0, self.batch, x)
+
+    def mean(self, x: Tensor) -> Tensor:
+        """(N, ...) -> (B, ...)."""
+        counts = self.lengths.clamp(min=1).to(x.dtype)
+        return self.sum(x) / counts.view(-1, *([1] * (x.dim() - 1)))
+
+    def softmax(self, scores: Tensor) -> Tensor:
+        """(N, H) -> (N, H): softmax over the constituents of each jet."""
+        idx = self.batch[:, None].expand_as(scores)
+        peak = scores.new_full((self.n_jets, scores.shape[1]), _neg_fill(scores))
+        peak = peak.scatter_reduce(0, idx, scores, "amax", include_self=True)
+        e = torch.exp(scores - peak[self.batch])
+        return e / self.sum(e)[self.batch]
+
+    def attention(self, q: Tensor, k: Tensor, v: Tensor, backend: str = "auto") -> Tensor:
+        """(N, H, d) each -> (N, H, d): attention among the constituents of each jet.
+
+        On a GPU the packed tokens go straight to varlen flash attention. Elsewhere they are padded
+        to the batch's longest jet (not to the stored 40 slots), attended, and packed again.
+        """
+        if backend in ("auto", "varlen") and q.is_cuda and varlen_available():
+            from torch.nn.attention.varlen import varlen_attn
+
+            return varlen_attn(
+                q, k, v, self.cu_seqlens, self.cu_seqlens, self.max_len, self.max_len
+            )
+        (qp, mask), kp, vp = self.pad(q), self.pad(k)[0], self.pad(v)[0]
+        # an empty jet would give a row with nothing to attend to: let it see its (zero) first
+        # slot; its output is dropped by unpad anyway
+        mask = mask.clone()
+        mask[:, 0] = True
+        out = attend(
+            qp.transpose(1, 2),
+            kp.transpose(1, 2),
+            vp.transpose(1, 2),
+            mask,
+            "math" if backend == "math" else "sdpa",
+        )
+        return self.unpad(out.transpose(1, 2))
+
+    def pairs(self) -> tuple[Tensor, Tensor]:
+        """Token indices (i, j), i < j, of every pair of constituents within the same jet."""
+        if self._pairs is None:
+            device = self.valid.device
+            upper = torch.triu_indices(self.max_len, self.max_len, 1, device=device)
+            keep = upper[1][None, :] < self.lengths[:, None]  # (B, Q)
+            jet, q = keep.nonzero(as_tuple=True)
+            start = self.cu_seqlens[jet].long()
+            self._pairs = (start + upper[0][q], start + upper[1][q])
+        return self._pairs
+
+
+class Padded:
+    """Constituents in fixed slots.
+
+    Parameters
+    ----------
+    mask
+        (B, L) bool, True for a real constituent; None when every slot is real.
+    """
+
+    def __init__(self, mask: Tensor | None = None):
+        self.mask = mask
+
+    def pad(self, x: Tensor, length: int | None = None) -> tuple[Tensor, Tensor | None]:
+        return x, self.mask
+
+    def unpad(self, x: Tensor) -> Tensor:
+        return x
+
+    def per_token(self, jet_values: Tensor, like: Tensor) -> Tensor:
+        """(B, F) -> (B, L, F): each slot gets its jet's value; L from `like` (B, L, ...)."""
+        return jet_values[:, None, :].expand(-1, like.shape[1], -1)
+
+    def _weights(self, x: Tensor) -> Tensor | None:
+        if self.mask is None:
+            return None
+        return self.mask.to(x.dtype).view(*self.mask.shape, *([1] * (x.dim() - 2)))
+
+    def sum(self, x: Tensor) -> Tensor:
+        """(B, L, ...) -> (B, ...)."""
+        w = self._weights(x)
+        return (x if w is None else x * w).sum(1)
+
+    def mean(self, x: Tensor) -> Tensor:
+        if self.mask is None:
+            return x.mean(1)
+        counts = self.mask.sum(1).clamp(min=1).to(x.dtype)
+        return self.sum(x) / counts.view(-1, *([1] * (x.dim() - 2)))
+
+    def softmax(self, scores: Tensor) -> Tensor:
+        """(B, L, H) -> (B, L, H): softmax over the slots of each jet, masked."""
+        if self.mask is not None:
+            scores = scores.masked_fill(~self.mask[..., None], _neg_fill(scores))
+        weights = torch.softmax(scores, dim=1)
+        if self.mask is not None:
+            weights = weights * self.mask[..., None].to(weights.dtype)
+        return weights
+
+    def attention(self, q: Tensor, k: Tensor, v: Tensor, backend: str = "auto") -> Tensor:
+        """(B, L, H, d) each -> (B, L, H, d)."""
+        backend = "sdpa" if backend in ("auto", "varlen") else backend
+        out = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), self.mask, backend)
+        return out.transpose(1, 2)

@@ -1,0 +1,216 @@
+"""ModelWrapper: the LightningModule around a SaltModel (steps, losses, optimiser, schedule)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+from torch.optim.lr_scheduler import LRScheduler
+
+from salt.errors import SaltError
+from salt.models.saltmodel import SaltModel
+from salt.models.tasks import ClassificationTask
+
+log = logging.getLogger(__name__)
+
+LRS_KEYS = ("initial", "max", "end", "pct_start", "weight_decay")
+
+
+class OneCycle(LRScheduler):
+    """Cosine warm-up from `initial` to `max`, then cosine decay to `end`, stepped per batch.
+
+    The length is a plain attribute, `total_steps`, set from the trainer whenever training
+    (re)starts, so a resumed run with more epochs stretches the schedule instead of crashing.
+    The warm-up is a whole number of steps, at least one and less than the total.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        initial: float,
+        peak: float,
+        end: float,
+        pct_start: float,
+        total_steps: int,
+    ):
+        self.initial, self.peak, self.end, self.pct_start = initial, peak, end, pct_start
+        self.total_steps = int(total_steps)
+        super().__init__(optimizer)
+
+    @property
+    def warmup_steps(self) -> int:
+        if self.total_steps <= 1:
+            return 0
+        return min(max(1, round(self.pct_start * self.total_steps)), self.total_steps - 1)
+
+    def lr_at(self, step: int) -> float:
+        warm, total = self.warmup_steps, max(self.total_steps, 1)
+        if step < warm:
+            frac = step / warm
+            return self.peak + (self.initial - self.peak) * (1 + math.cos(math.pi * frac)) / 2
+        frac = min((step - warm) / max(total - warm, 1), 1.0)
+        return self.end + (self.peak - self.end) * (1 + math.cos(math.pi * frac)) / 2
+
+    def get_lr(self) -> list[float]:
+        return [self.lr_at(self.last_epoch) for _ in self.optimizer.param_groups]
+
+
+def _rng_states() -> dict:
+    states = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class ModelWrapper(L.LightningModule):
+    """Trains a SaltModel: the total loss is the loss-weighted sum of its tasks' losses.
+
+    Parameters
+    ----------
+    model
+        The SaltModel.
+    lrs_config
+        ``{initial, max, end, pct_start, weight_decay}`` of the AdamW one-cycle schedule.
+    name
+        Model name: prefixes the written predictions (``GN2_pb``) and names the run folder.
+    """
+
+    def __init__(self, model: SaltModel, lrs_config: dict[str, float], name: str = "salt"):
+        super().__init__()
+        missing = [k for k in LRS_KEYS if k not in lrs_config]
+        if missing:
+            raise SaltError(f"model.lrs_config lacks {missing}; it needs {list(LRS_KEYS)}.")
+        self.model = model
+        self.lrs_config = dict(lrs_config)
+        self.name = name
+        self._rng_to_restore: dict | None = None
+        self.jet_task = self._find_jet_task()
+        if self.jet_task is not None:
+            from torchmetrics.classification import BinaryAUROC, MulticlassAccuracy
+
+            self.val_accuracy = MulticlassAccuracy(len(self.jet_task.class_names), average="micro")
+            self.val_auc = BinaryAUROC()
+
+    def _find_jet_task(self) -> ClassificationTask | None:
+        for task in self.model.tasks:
+            if isinstance(task, ClassificationTask) and task.input_name == self.model.global_object:
+                return task
+        return None
+
+    def forward(self, inputs, valid=None, labels=None):
+        return self.model(inputs, valid, labels)
+
+    # ----------------------------------------------------------------------------- steps
+    def _shared_step(self, batch: dict, stage: str) -> tuple[dict[str, Tensor], Tensor]:
+        outputs, losses = self.model(batch["inputs"], batch["valid"], batch["labels"])
+        n_jets = (
+            int(batch["inputs"][self.model.global_object].shape[0])
+            if (self.model.global_object in batch["inputs"])
+            else next(iter(batch["valid"].values())).shape[0]
+        )
+        total = sum(t.loss_weight * losses[t.name] for t in self.model.tasks if t.name in losses)
+        sync = stage != "train"
+        for name, loss in losses.items():
+            self.log(f"{stage}/{name}_loss", loss, batch_size=n_jets, sync_dist=sync)
+        self.log(f"{stage}/loss", total, batch_size=n_jets, sync_dist=sync, prog_bar=True)
+        if stage == "val":
+            # the un-prefixed name is what checkpoint file names and monitors use
+            self.log("val_loss", total, batch_size=n_jets, sync_dist=True, logger=False)
+        return outputs, total
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "train")[1]
+
+    def validation_step(self, batch: dict, batch_idx: int) -> Tensor:
+        outputs, total = self._shared_step(batch, "val")
+        if self.jet_task is not None:
+            self._update_jet_metrics(outputs[self.jet_task.name], batch)
+        return total
+
+    def _update_jet_metrics(self, logits: Tensor, batch: dict) -> None:
+        task = self.jet_task
+        labels = batch["labels"][task.input_name][task.label]
+        probs = torch.softmax(logits.float(), -1)
+        self.val_accuracy.update(probs, labels)
+        self.log("val/jet_accuracy", self.val_accuracy, on_epoch=True, batch_size=len(labels))
+        names = task.class_names
+        if "bjets" in names and "ujets" in names:
+            b, u = names.index("bjets"), names.index("ujets")
+            keep = (labels == b) | (labels == u)
+            score = probs[keep, b] / (probs[keep, b] + probs[keep, u]).clamp(min=1e-12)
+            self.val_auc.update(score, (labels[keep] == b).long())
+            self.log("val/b_vs_light_auc", self.val_auc, on_epoch=True, batch_size=len(labels))
+
+    def test_step(self, batch: dict, batch_idx: int) -> dict:
+        return self.model.predict(batch["inputs"], batch["valid"])
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        return self.model.predict(batch["inputs"], batch["valid"])
+
+    # ----------------------------------------------------------------------------- optimiser
+    def total_steps(self) -> int:
+        return max(int(self.trainer.estimated_stepping_batches), 1)
+
+    def configure_optimizers(self):
+        cfg = self.lrs_config
+        optimizer = torch.optim.AdamW(
+            self.parameters(), lr=cfg["initial"], weight_decay=cfg["weight_decay"]
+        )
+        scheduler = OneCycle(
+            optimizer, cfg["initial"], cfg["max"], cfg["end"], cfg["pct_start"], self.total_steps()
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    def on_train_start(self) -> None:
+        total = self.total_steps()
+        for config in self.trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            if isinstance(scheduler, OneCycle) and scheduler.total_steps != total:
+                log.warning(
+                    "learning-rate schedule resized from %d to %d steps (max_epochs changed on "
+                    "resume); it continues from step %d",
+                    scheduler.total_steps,
+                    total,
+                    scheduler.last_epoch,
+                )
+                scheduler.total_steps = total
+
+    # ----------------------------------------------------------------------------- RNG state
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Lightning does not save RNG states; without them a resumed run draws different
+        # dropout masks and is not the run it continues
+        checkpoint["salt_rng_states"] = _rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._rng_to_restore = checkpoint.get("salt_rng_states")
+
+    def on_train_epoch_start(self) -> None:
+        # restore as late as possible: nothing between loading and the first batch may draw
+        if self._rng_to_restore is not None:
+            _set_rng_states(self._rng_to_restore)
+            self._rng_to_restore = None
+
+
+def strip_compile_prefix(state_dict: dict) -> dict:
+    """State dict keys of a model trained with --compile, as the plain model names them."""
+    return {k.replace("_orig_mod.", ""): v for k, v in state_dict.items()}
