@@ -101,10 +101,7 @@ def derive(config, subcommand: str) -> None:
         n_classes = len(args.class_names) if args.get("class_names") else 8
         label_classes.setdefault(input_name, {})[label] = n_classes
         if args.get("use_class_dict"):
-            if args.get("class_weights") is not None:
-                raise SaltError(
-                    f"task '{name}': give class_weights or use_class_dict, not both."
-                )
+            # fills (and on a saved config, refreshes) class_weights from the class dict
             if not data.class_dict:
                 raise SaltError(
                     f"task '{name}' has use_class_dict: true but data.class_dict is not set."

@@ -55,15 +55,19 @@ def _build_cli_class():
     from salt.modelwrapper import ModelWrapper
 
     class SaltCLI(LightningCLI):
-        def __init__(self, args: list[str]):
+        def __init__(self, args: list[str] | None, run: bool = True):
             kwargs = {"default_config_files": [str(BASE_CONFIG)]}
+            parser_kwargs = {sub: dict(kwargs) for sub in SUBCOMMANDS}
+            if not run:
+                parser_kwargs.update(kwargs)
             super().__init__(
                 ModelWrapper,
                 SaltDataModule,
                 save_config_callback=RunFolder,
                 save_config_kwargs={"overwrite": True},
-                parser_kwargs={sub: dict(kwargs) for sub in SUBCOMMANDS},
+                parser_kwargs=parser_kwargs,
                 args=args,
+                run=run,
                 auto_configure_optimizers=False,
             )
 
@@ -81,10 +85,13 @@ def _build_cli_class():
         # ------------------------------------------------------------------------- before build
         def before_instantiate_classes(self) -> None:
             sub = self.subcommand
-            config = self.config[sub]
-            derive(config, sub)
-            check_inputs(config, sub)
+            config = self.config[sub] if sub else self.config
+            derive(config, sub or "fit")
+            check_inputs(config, sub or "fit")
             self._choose_precision(config.trainer)
+            if sub is None:  # built for a script (benchmarks, export): no run folder, no checks
+                config.trainer.logger = False
+                return
             self._check_logger(config.trainer)
             if sub == "fit":
                 self._prepare_fit(config)
@@ -208,15 +215,27 @@ def _build_cli_class():
 
         def instantiate_classes(self) -> None:
             super().instantiate_classes()
-            config = self.config[self.subcommand]
+            config = self.config[self.subcommand] if self.subcommand else self.config
             if config.get("compile"):
                 self.model.model.compile(dynamic=True)
 
         def parse_arguments(self, parser, args) -> None:
-            self._argv = list(args or [])
+            self._argv = list(sys.argv[1:] if args is None else args)
             super().parse_arguments(parser, args)
 
     return SaltCLI
+
+
+def build(args: list[str]):
+    """Parse `args` as `salt fit` would (base.yaml first, derived settings) and build the objects.
+
+    Returns the LightningCLI instance with `.model`, `.datamodule` and `.trainer`; nothing is
+    run and no run folder is made. For scripts: benchmarks, export, notebooks.
+
+    >>> cli = build(["--config", "configs/GN2.yaml", "--data.batch_size", "100"])
+    """
+    _tune_malloc()
+    return _build_cli_class()(list(_resolve_config_paths(args)), run=False)
 
 
 def _cpu_has_native_bf16() -> bool:
@@ -261,6 +280,11 @@ def _tune_malloc() -> None:
 
 
 def _setup_logging() -> None:
+    import warnings
+
+    # known, harmless warnings from Lightning's internals that a user can do nothing about
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*is smaller than the logging interval.*")
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
     for noisy in ("lightning.fabric", "lightning.pytorch.utilities.rank_zero", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -293,11 +317,14 @@ def main(args: list[str] | None = None) -> None:
         if wants_help:
             buffer = io.StringIO()
             with contextlib.redirect_stdout(buffer), contextlib.suppress(SystemExit):
-                cli_class(argv)
+                sys.argv = [sys.argv[0], *argv]
+                cli_class(None)
             helpcache.store(argv, buffer.getvalue())
             sys.stdout.write(buffer.getvalue())
             return
-        cli_class(argv)
+        # Lightning's CLI reads sys.argv; hand it the resolved arguments there
+        sys.argv = [sys.argv[0], *argv]
+        cli_class(None)
     except SaltError as err:
         print(f"salt: error: {err}", file=sys.stderr)
         code = 2

@@ -61,10 +61,13 @@ class OneCycle(LRScheduler):
 
 
 def _rng_states() -> dict:
+    """Every RNG that can feed training, as tensors and plain numbers (weights_only-loadable)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
     states = {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+        "python": [version, torch.tensor(internal, dtype=torch.int64), gauss_next],
     }
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
@@ -73,8 +76,10 @@ def _rng_states() -> dict:
 
 def _set_rng_states(states: dict) -> None:
     torch.set_rng_state(states["torch"])
-    np.random.set_state(states["numpy"])
-    random.setstate(states["python"])
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = states["python"]
+    random.setstate((version, tuple(internal.tolist()), gauss_next))
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
 
@@ -101,14 +106,15 @@ class ModelWrapper(L.LightningModule):
         self.lrs_config = dict(lrs_config)
         self.name = name
         self._rng_to_restore: dict | None = None
-        self.jet_task = self._find_jet_task()
         if self.jet_task is not None:
             from torchmetrics.classification import BinaryAUROC, MulticlassAccuracy
 
             self.val_accuracy = MulticlassAccuracy(len(self.jet_task.class_names), average="micro")
             self.val_auc = BinaryAUROC()
 
-    def _find_jet_task(self) -> ClassificationTask | None:
+    @property
+    def jet_task(self) -> ClassificationTask | None:
+        """The jet flavour task, whose accuracy and b-vs-light AUC are logged on validation."""
         for task in self.model.tasks:
             if isinstance(task, ClassificationTask) and task.input_name == self.model.global_object:
                 return task

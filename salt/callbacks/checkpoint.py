@@ -26,11 +26,23 @@ class Checkpoint(ModelCheckpoint):
         Further ModelCheckpoint arguments.
     """
 
-    def __init__(self, dirpath: str | None = None, save_top_k: int = -1, **kwargs):
-        kwargs.setdefault("filename", "epoch={epoch:03d}-val_loss={val_loss:.5f}")
-        kwargs.setdefault("monitor", "val_loss")
-        kwargs.setdefault("auto_insert_metric_name", False)
-        super().__init__(dirpath=dirpath, save_top_k=save_top_k, **kwargs)
+    def __init__(
+        self,
+        dirpath: str | None = None,
+        filename: str = "epoch={epoch:03d}-val_loss={val_loss:.5f}",
+        monitor: str = "val_loss",
+        save_top_k: int = -1,
+        auto_insert_metric_name: bool = False,
+        **kwargs,
+    ):
+        super().__init__(
+            dirpath=dirpath,
+            filename=filename,
+            monitor=monitor,
+            save_top_k=save_top_k,
+            auto_insert_metric_name=auto_insert_metric_name,
+            **kwargs,
+        )
 
 
 def best_checkpoint(ckpt_dir: str | Path) -> Path:

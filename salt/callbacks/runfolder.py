@@ -42,9 +42,13 @@ class RunFolder(SaveConfigCallback):
             return
         run_dir = Path(self.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        self.parser.save(
-            self.config, run_dir / self.config_filename, skip_none=False, overwrite=True
-        )
+        # --force and --tag are decisions about this launch, not part of the recipe: a resume
+        # from config.yaml must make them again
+        config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+        for key in ("force", "tag"):
+            config.pop(key, None)
+        with (run_dir / self.config_filename).open("w") as f:
+            yaml.safe_dump(config, f, sort_keys=False)
         data = trainer.datamodule
         for attr in ("norm_dict", "class_dict"):
             src = getattr(data, attr, None)

@@ -83,9 +83,9 @@ class ClassificationTask(TaskBase):
         Names of the classes, in label order. For jets `salt` fills them from the training
         file's ``flavour_label`` attribute; for ``ftagTruthOriginLabel`` the 8 origins.
     use_class_dict
-        Weight the classes with data.class_dict (filled into class_weights by `salt`).
+        Weight the classes with data.class_dict: `salt` fills class_weights from it.
     class_weights
-        Explicit weights per class (not together with use_class_dict).
+        Weights per class (overridden by use_class_dict).
     label_smoothing
         As in torch's CrossEntropyLoss.
     """
