@@ -202,7 +202,7 @@ class PredictionWriter(Callback):
                 raise ValueError(f"extra_vars.{name}: the test file has no {missing}")
             wanted = [v for v in wanted if v not in fields]
             if ds.ndim == 2:
-                extras = ds.fields(wanted)[:n_jets, : self.dataset.slots[name]] if wanted else None
+                extras = ds.fields(wanted)[:n_jets, : self.dataset.num_slots[name]] if wanted else None
             else:
                 extras = ds.fields(wanted)[:n_jets] if wanted else None
         shape = next(iter(fields.values())).shape if fields else (n_jets,)
