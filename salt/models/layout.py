@@ -97,7 +97,9 @@ class Packed:
         On a GPU the packed tokens go straight to varlen flash attention. Elsewhere they are padded
         to the batch's longest jet (not to the stored 40 slots), attended, and packed again.
         """
-        if backend in ("auto", "varlen") and q.is_cuda and varlen_available():
+        # flash kernels take half precision only: fp32 on a GPU goes the padded way
+        half = q.dtype in (torch.float16, torch.bfloat16)
+        if backend in ("auto", "varlen") and q.is_cuda and half and varlen_available():
             from torch.nn.attention.varlen import varlen_attn
 
             return varlen_attn(
