@@ -1,4 +1,4 @@
-"""PredictionWriter: `salt test` writes the model's outputs beside the checkpoint, for puma and ftag.
+"""PredictionWriter: `salt test` writes the model's outputs beside the checkpoint for puma and ftag.
 
 File: ``<ckpt dir>/<ckpt stem>__test_<sample>[_<test_suff>].h5`` (sample from the test file name:
 ``pp_output_test_ttbar.h5`` -> ``ttbar``), written with ftag's H5Writer (LZ4), rows in test-file
@@ -14,6 +14,7 @@ import numpy as np
 from lightning.pytorch.callbacks import Callback
 
 from salt.data.h5files import open_h5
+from salt.export.outputs import class_field
 from salt.models.tasks import (
     ClassificationTask,
     GaussianRegressionTask,
@@ -45,16 +46,6 @@ def output_path(ckpt_path: str | Path, test_file: str | Path, suffix: str | None
     ckpt_path = Path(ckpt_path)
     suff = f"_{suffix}" if suffix else ""
     return ckpt_path.parent / f"{ckpt_path.stem}__test_{sample_name(test_file)}{suff}.h5"
-
-
-def class_field(model_name: str, class_name: str) -> str:
-    """``GN2`` + ``bjets`` -> ``GN2_pb`` (ftag's px names), else ``GN2_p<class>``."""
-    from ftag import Flavours
-
-    try:
-        return f"{model_name}_{Flavours[class_name].px}"
-    except KeyError:
-        return f"{model_name}_p{class_name}"
 
 
 class PredictionWriter(Callback):
@@ -201,10 +192,12 @@ class PredictionWriter(Callback):
             if missing:
                 raise ValueError(f"extra_vars.{name}: the test file has no {missing}")
             wanted = [v for v in wanted if v not in fields]
-            if ds.ndim == 2:
-                extras = ds.fields(wanted)[:n_jets, : self.dataset.num_slots[name]] if wanted else None
-            else:
-                extras = ds.fields(wanted)[:n_jets] if wanted else None
+            extras = None
+            if wanted:
+                rows = np.s_[:n_jets]
+                if ds.ndim == 2:
+                    rows = np.s_[:n_jets, : self.dataset.num_slots[name]]
+                extras = ds.fields(wanted)[rows]
         shape = next(iter(fields.values())).shape if fields else (n_jets,)
         dtype = [(v, extras.dtype[v]) for v in wanted] if extras is not None else []
         dtype += [(k, v.dtype) for k, v in fields.items()]
@@ -239,5 +232,5 @@ class PredictionWriter(Callback):
 
         try:
             make_report([self.path], taggers=[self.name], fc=self.fc, ftau=self.ftau)
-        except Exception as err:  # the predictions are written; a plotting problem must not hide them
+        except Exception as err:  # the predictions are written: a plot failure must not hide them
             log.warning("report for %s failed: %s", self.path, err)

@@ -93,4 +93,7 @@ class MultiheadAttention(nn.Module):
         """(N, D) packed or (B, L, D) padded -> same shape."""
         q, k, v = self.qkv(x).unflatten(-1, (3, self.num_heads, self.head_dim)).unbind(-3)
         out = layout.attention(q, k, v, self.backend)
-        return self.out(out.flatten(-2))
+        # the output projection as one einsum over (heads, features): flattening the heads first
+        # exports as Reshape(-1), which onnxruntime cannot resolve for a jet with 0 tracks
+        weight = self.out.weight.unflatten(1, (self.num_heads, self.head_dim))
+        return torch.einsum("...hd,ehd->...e", out, weight) + self.out.bias

@@ -48,7 +48,10 @@ class GATv2Layer(nn.Module):
             scores = scores.masked_fill(~mask[:, None, :, None], torch.finfo(scores.dtype).min)
         alpha = torch.softmax(scores, dim=2)
         out = torch.einsum("bijh,bjhd->bihd", alpha, hr)
-        return self.out(out.flatten(-2))
+        # the output projection as one einsum over (heads, features): flattening the heads first
+        # exports as Reshape(-1), which onnxruntime cannot resolve for a jet with 0 tracks
+        weight = self.out.weight.unflatten(1, (self.num_heads, self.head_dim))
+        return torch.einsum("...hd,ehd->...e", out, weight) + self.out.bias
 
     def forward(self, x: Tensor, layout) -> Tensor:
         h, mask = layout.pad(self.norm1(x))

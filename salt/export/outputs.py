@@ -1,0 +1,227 @@
+"""The outputs of an exported model: their names, where each comes from, combinations, renames.
+
+One plan serves both sides of the parity check: the ONNX graph computes each output from the
+padded one-jet path, the PyTorch reference from the packed training path, and both go through
+`OutputPlan.finish` for the combinations and renames.
+
+Names (``<name>`` is the export's model name, e.g. ``GN2vXX``), as `salt test` names its fields:
+
+* ``<name>_p<class>``: jet class probabilities, float32 (1,); ``pb``, ``pc``, ``pu``, ``ptau``
+  for ftag's flavours. A second jet classification task is named by its task name.
+* ``<name>_<target>`` (``_stddev``): jet regression targets, float32 (1,).
+* ``<name>_TrackOrigin``: the most probable ``ftagTruthOriginLabel`` class per track, int8 (n,).
+* ``<name>_VertexIndex``: per track, the smallest track index of its vertex (the connected
+  component of track pairs with a positive vertexing logit), int8 (n,).
+
+``--combine_outputs plight=pu+pg`` adds ``<name>_plight``, the sum of ``<name>_pu`` and
+``<name>_pg``; ``--rename pb:pbottom`` renames ``<name>_pb`` to ``<name>_pbottom``. Names may
+be given with or without the ``<name>_`` prefix; new names get it. Combinations come first, so a
+combined output can be renamed; the outputs that were summed stay.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from salt.errors import SaltError, close_matches
+from salt.models.saltmodel import SaltModel
+from salt.models.tasks import (
+    ClassificationTask,
+    GaussianRegressionTask,
+    RegressionTask,
+    VertexingTask,
+)
+
+ORIGIN_LABEL = "ftagTruthOriginLabel"
+
+
+def class_field(prefix: str, class_name: str) -> str:
+    """``GN2`` + ``bjets`` -> ``GN2_pb`` (ftag's px names), else ``GN2_p<class>``.
+
+    One rule for every output salt writes: ONNX outputs here and `salt test`'s prediction files.
+    """
+    from ftag import Flavours
+
+    try:
+        return f"{prefix}_{Flavours[class_name].px}"
+    except KeyError:
+        return f"{prefix}_p{class_name}"
+
+
+@dataclass(frozen=True)
+class Source:
+    """One output straight from a task: ``task.predictions(...)[key][..., column]``.
+
+    `constituent` is None for a jet-level output (float32, shape (1,) per jet), else the
+    constituent type whose slots it follows (int8, shape (n,) per jet).
+    """
+
+    name: str
+    task: str
+    key: str
+    column: int | None
+    constituent: str | None
+    description: str
+    scale: float = 1.0  # the output's natural unit: a regression target's std, else 1
+
+    @property
+    def dtype(self) -> str:
+        return "float32" if self.constituent is None else "int8"
+
+
+@dataclass
+class OutputPlan:
+    """The task outputs of a model, then combinations and renames, by name."""
+
+    prefix: str
+    sources: list[Source]
+    combine: dict[str, list[str]] = field(default_factory=dict)  # new name -> summed names
+    rename: dict[str, str] = field(default_factory=dict)  # old name -> new name
+    combine_args: list[str] = field(default_factory=list)
+    rename_args: list[str] = field(default_factory=list)
+
+    @property
+    def names(self) -> list[str]:
+        """Final output names, in graph order."""
+        raw = [s.name for s in self.sources] + list(self.combine)
+        return [self.rename.get(n, n) for n in raw]
+
+    def source_of(self, final_name: str) -> Source | None:
+        """The task output behind a final name; None for a combination."""
+        original = {v: k for k, v in self.rename.items()}.get(final_name, final_name)
+        return next((s for s in self.sources if s.name == original), None)
+
+    def scale(self, final_name: str) -> float:
+        """The unit in which the parity check compares an output (a sum: its largest part's)."""
+        original = {v: k for k, v in self.rename.items()}.get(final_name, final_name)
+        if original in self.combine:
+            by_name = {s.name: s.scale for s in self.sources}
+            return max(by_name.get(n, 1.0) for n in self.combine[original])
+        source = self.source_of(final_name)
+        return source.scale if source is not None else 1.0
+
+    def description(self, final_name: str) -> str:
+        original = {v: k for k, v in self.rename.items()}.get(final_name, final_name)
+        if original in self.combine:
+            return "sum of " + " + ".join(self.rename.get(n, n) for n in self.combine[original])
+        source = self.source_of(final_name)
+        return source.description if source is not None else ""
+
+    def finish(self, values: dict) -> dict:
+        """Task outputs by source name -> all outputs by final name (tensors or arrays)."""
+        out = dict(values)
+        for new, parts in self.combine.items():
+            total = out[parts[0]]
+            for part in parts[1:]:
+                total = total + out[part]
+            out[new] = total
+        return {self.rename.get(k, k): v for k, v in out.items()}
+
+    # ----------------------------------------------------------------------------- user input
+    def _full(self, name: str) -> str:
+        return name if name.startswith(f"{self.prefix}_") else f"{self.prefix}_{name}"
+
+    def _existing(self, name: str, known: list[str], option: str) -> str:
+        for candidate in (name, f"{self.prefix}_{name}"):
+            if candidate in known:
+                return candidate
+        raise SaltError(
+            f"{option}: the model has no output '{name}'.{close_matches(self._full(name), known)}"
+            f" Its outputs: {', '.join(known)}."
+        )
+
+    def add_combinations(self, specs: list[str]) -> None:
+        """``NEW=A+B[+C...]``: a new jet-level output, the sum of existing ones."""
+        jet_level = [s.name for s in self.sources if s.constituent is None]
+        for spec in specs:
+            new, sep, rhs = spec.partition("=")
+            parts = [p.strip() for p in rhs.split("+") if p.strip()]
+            if not sep or not new.strip() or len(parts) < 2:
+                raise SaltError(
+                    f"--combine_outputs '{spec}': write NEW=A+B (e.g. plight=pu+pg), the new "
+                    "output's name, then two or more outputs to sum."
+                )
+            known = [*jet_level, *self.combine]
+            names = [self._existing(p, known, f"--combine_outputs '{spec}'") for p in parts]
+            new = self._full(new.strip())
+            if new in [s.name for s in self.sources] or new in self.combine:
+                raise SaltError(f"--combine_outputs '{spec}': an output '{new}' exists already.")
+            self.combine[new] = names
+            self.combine_args.append(spec)
+
+    def add_renames(self, specs: list[str]) -> None:
+        """``OLD:NEW``: rename an output (a task output or a combination)."""
+        for spec in specs:
+            old, sep, new = spec.partition(":")
+            if not sep or not old.strip() or not new.strip():
+                raise SaltError(f"--rename '{spec}': write OLD:NEW (e.g. pb:pbottom).")
+            known = [s.name for s in self.sources] + list(self.combine)
+            old = self._existing(old.strip(), known, f"--rename '{spec}'")
+            new = self._full(new.strip())
+            final = [self.rename.get(n, n) for n in known if n != old]
+            if new in final:
+                raise SaltError(f"--rename '{spec}': an output '{new}' exists already.")
+            self.rename[old] = new
+            self.rename_args.append(spec)
+
+
+def output_plan(model: SaltModel, prefix: str) -> OutputPlan:
+    """The task outputs of `model`, named as `salt test` names its prediction fields."""
+    sources: list[Source] = []
+    first_classifier = True
+    for task in model.tasks:
+        if task.input_name == model.global_object:
+            if isinstance(task, ClassificationTask):
+                head = prefix if first_classifier else task.name
+                first_classifier = False
+                for i, cls in enumerate(task.class_names):
+                    sources.append(
+                        Source(
+                            class_field(head, cls), task.name, "probs", i, None,
+                            f"probability of {cls} ({task.name})",
+                        )
+                    )  # fmt: skip
+            elif isinstance(task, RegressionTask):
+                gaussian = isinstance(task, GaussianRegressionTask)
+                head = task.name if gaussian else prefix
+                keys = ["values", "stddev"] if gaussian else ["values"]
+                for key in keys:
+                    suffix = "_stddev" if key == "stddev" else ""
+                    for i, target in enumerate(task.targets):
+                        sources.append(
+                            Source(
+                                f"{head}_{target}{suffix}", task.name, key, i, None,
+                                f"{'std. dev. of ' if suffix else ''}{target} ({task.name})",
+                                float(task.std[i]),
+                            )
+                        )  # fmt: skip
+            continue
+        own = task.input_name == "tracks" or len(model.constituents) == 1
+        if isinstance(task, ClassificationTask):
+            origin = task.label == ORIGIN_LABEL and own
+            name = f"{prefix}_TrackOrigin" if origin else f"{prefix}_{task.name}"
+            sources.append(
+                Source(
+                    name, task.name, "argmax", None, task.input_name,
+                    f"most probable {task.label} per {task.input_name.removesuffix('s')} "
+                    f"({', '.join(task.class_names)})",
+                )
+            )  # fmt: skip
+        elif isinstance(task, VertexingTask):
+            name = f"{prefix}_VertexIndex" if own else f"{prefix}_{task.name}"
+            sources.append(
+                Source(
+                    name, task.name, "vertex_index", None, task.input_name,
+                    f"smallest {task.input_name.removesuffix('s')} index in the same vertex "
+                    f"({task.name})",
+                )
+            )  # fmt: skip
+    names = [s.name for s in sources]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise SaltError(
+            f"two task outputs would both be named {duplicates}: give the tasks distinct names."
+        )
+    if not sources:
+        raise SaltError("the model has no task with an exportable output.")
+    return OutputPlan(prefix, sources)
