@@ -29,17 +29,26 @@ def _version(name: str) -> str:
         return "-"
 
 
+def _config_files(argv: list[str]) -> list[Path]:
+    """The yaml files named on the command line (`--config FILE` or `--config=FILE`)."""
+    values = [a.split("=", 1)[-1] for a in argv]
+    return [
+        Path(v).resolve() for v in values if v.endswith((".yaml", ".yml")) and Path(v).is_file()
+    ]
+
+
 def _key(argv: list[str]) -> str:
     """Changes whenever anything that shapes the help text changes."""
     stamps = []
-    files = sorted(PACKAGE.rglob("*.py")) + sorted(PACKAGE.glob("configs/*.yaml"))
-    files += [Path(a) for a in argv if a.endswith((".yaml", ".yml")) and Path(a).is_file()]
+    configs = _config_files(argv)
+    files = sorted(PACKAGE.rglob("*.py")) + sorted(PACKAGE.glob("configs/*.yaml")) + configs
     for path in files:
         st = path.stat()
         stamps.append((str(path), st.st_mtime_ns, st.st_size))
     parts = {
         "argv": argv,
-        "cwd": str(Path.cwd()),
+        # a relative config path names another file from another folder: key on the resolved one
+        "configs": [str(p) for p in configs],
         "columns": shutil.get_terminal_size().columns,
         "versions": [_version(n) for n in ("lightning", "jsonargparse", "torch")],
         "files": stamps,

@@ -1,8 +1,13 @@
 """The `salt` command: Lightning's CLI with salt's run folders, checks and derived settings.
 
     salt fit  --config configs/GN2.yaml              # base.yaml is merged in first
+    salt fit  --config logs/<run>/config.yaml --ckpt_path logs/<run>/ckpts/<ckpt>.ckpt
     salt test --config logs/<run>/config.yaml        # best checkpoint, predictions + report
     salt plot logs/<run>/ckpts/*__test_ttbar.h5      # report of any prediction file(s)
+
+Environment: `SALT_RUN_ID` names the run folder `<name>_<SALT_RUN_ID>` instead of a timestamp
+(the Slurm and HTCondor scripts set it from the job id); `SALT_RUN_DIR` gives the whole path. A
+run folder pinned either way that already holds checkpoints is resumed from the newest one.
 """
 
 from __future__ import annotations
@@ -12,11 +17,10 @@ import io
 import logging
 import os
 import sys
-from datetime import datetime
 from pathlib import Path
 
 from salt import helpcache
-from salt.errors import SaltError
+from salt.errors import SaltError, close_matches
 
 PACKAGE = Path(__file__).resolve().parent
 BASE_CONFIG = PACKAGE / "configs" / "base.yaml"
@@ -30,7 +34,7 @@ def _resolve_config_paths(argv: list[str]) -> list[str]:
     out = list(argv)
     for i, arg in enumerate(out):
         value, prefix = None, ""
-        if arg == "--config" and i + 1 < len(out):
+        if arg in ("--config", "-c") and i + 1 < len(out):
             value, j = out[i + 1], i + 1
         elif arg.startswith("--config="):
             value, j, prefix = arg.split("=", 1)[1], i, "--config="
@@ -46,7 +50,7 @@ def _resolve_config_paths(argv: list[str]) -> list[str]:
 def _build_cli_class():
     """SaltCLI, defined on demand so that `salt plot` and cached help skip Lightning's import."""
     import torch
-    from lightning.pytorch.cli import LightningCLI
+    from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
     from salt.callbacks.predictionwriter import PredictionWriter
     from salt.callbacks.runfolder import RunFolder
@@ -54,10 +58,28 @@ def _build_cli_class():
     from salt.derive import check_inputs, derive
     from salt.modelwrapper import ModelWrapper
 
+    class SaltArgumentParser(LightningArgumentParser):
+        """A parse error shows the message and one short usage line, not 70 lines of options."""
+
+        def print_usage(self, file=None) -> None:
+            prog = self.prog.replace(" [options]", "")
+            (file or sys.stderr).write(f"usage: {prog} [--config FILE ...] [--KEY VALUE ...]\n")
+
+        def error(self, message: str, ex: Exception | None = None):
+            if message.startswith("unrecognized arguments:"):
+                unknown = [a.split("=")[0] for a in message.split()[2:] if a.startswith("--")]
+                options = [o for a in self._actions for o in a.option_strings]
+                for option in unknown:
+                    if hint := close_matches(option, options, n=1):
+                        message += f"\n  {option}:{hint}"
+            super().error(message, ex)
+
     class SaltCLI(LightningCLI):
         def __init__(self, args: list[str] | None, run: bool = True):
-            kwargs = {"default_config_files": [str(BASE_CONFIG)]}
+            # no abbreviations: a typo (--trainer.max_epoch) must fail, not pass as another key
+            kwargs = {"default_config_files": [str(BASE_CONFIG)], "allow_abbrev": False}
             parser_kwargs = {sub: dict(kwargs) for sub in SUBCOMMANDS}
+            parser_kwargs["allow_abbrev"] = False
             if not run:
                 parser_kwargs.update(kwargs)
             super().__init__(
@@ -66,20 +88,23 @@ def _build_cli_class():
                 save_config_callback=RunFolder,
                 save_config_kwargs={"overwrite": True},
                 parser_kwargs=parser_kwargs,
+                parser_class=SaltArgumentParser,
                 args=args,
                 run=run,
                 auto_configure_optimizers=False,
             )
 
         def add_arguments_to_parser(self, parser) -> None:
-            parser.add_argument("--name", type=str, default="salt", help="Model name: names "
-                                "the run folder and prefixes the outputs (GN2_pb, ...).")  # fmt: skip
-            parser.add_argument("--force", action="store_true", help="Train even with "
-                                "uncommitted changes in the salt checkout (no --tag then).")  # fmt: skip
-            parser.add_argument("--tag", action="store_true", help="Create a git tag named as "
-                                "the run folder and push it to origin.")  # fmt: skip
-            parser.add_argument("--compile", action="store_true", help="torch.compile the "
-                                "model (GPU; slow to start on CPU).")  # fmt: skip
+            options = {
+                "--name": "Model name: names the run folder and prefixes outputs (GN2_pb, ...).",
+                "--force": "Train even with uncommitted changes in the salt checkout (no --tag "
+                "then).",
+                "--tag": "Create a git tag named as the run folder and push it to origin.",
+                "--compile": "torch.compile the model (GPU; slow to start on CPU).",
+            }
+            parser.add_argument("--name", type=str, default="salt", help=options["--name"])
+            for flag in ("--force", "--tag", "--compile"):
+                parser.add_argument(flag, action="store_true", help=options[flag])
             parser.link_arguments("name", "model.name")
 
         # ------------------------------------------------------------------------- before build
@@ -89,14 +114,15 @@ def _build_cli_class():
             derive(config, sub or "fit")
             check_inputs(config, sub or "fit")
             self._choose_precision(config.trainer)
+            _drop_disabled_callbacks(config.trainer)
             if sub is None:  # built for a script (benchmarks, export): no run folder, no checks
                 config.trainer.logger = False
                 return
-            self._check_logger(config.trainer)
             if sub == "fit":
+                self._check_logger(config.trainer)
                 self._prepare_fit(config)
-            elif sub in ("test", "predict"):
-                self._prepare_test(config)
+            else:
+                self._prepare_evaluation(config, sub)
 
         def _choose_precision(self, trainer) -> None:
             precision = trainer.precision
@@ -112,15 +138,15 @@ def _build_cli_class():
                     "precision 16-mixed can overflow and give NaN losses; the training docs "
                     "advise --trainer.precision bf16-mixed (or 32)."
                 )
-            if precision.startswith("bf16") and not gpu and not _cpu_has_native_bf16():
+            # on a CPU Lightning runs 16-mixed as bf16-mixed
+            if precision.startswith(("bf16", "16")) and not gpu and not _cpu_has_native_bf16():
                 log.warning(
                     "bf16-mixed on a CPU without native bf16 instructions (AVX512-BF16/AMX) is "
                     "emulated: training runs about 10x slower than --trainer.precision 32."
                 )
 
         def _check_logger(self, trainer) -> None:
-            loggers = trainer.logger if isinstance(trainer.logger, list) else [trainer.logger]
-            for logger in loggers:
+            for logger in _as_list(trainer.logger):
                 path = getattr(logger, "class_path", "") or ""
                 if "Comet" not in path:
                     continue
@@ -140,71 +166,88 @@ def _build_cli_class():
                     ) from None
 
         def _prepare_fit(self, config) -> None:
+            from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+            from salt.callbacks import runfolder
+            from salt.gitcheck import check_and_tag
+
             trainer = config.trainer
+            lightning_keywords = ("last", "hpc", "registry")
+            ckpt = config.ckpt_path
+            if ckpt is not None and ckpt not in lightning_keywords and not Path(ckpt).is_file():
+                raise SaltError(
+                    f"--ckpt_path '{config.ckpt_path}' is not a file. Give a checkpoint from a "
+                    "run folder's ckpts/ (salt prints the resume command when a run stops)."
+                )
             if trainer.fast_dev_run:
                 # Lightning swaps loggers and checkpoints for no-ops; salt makes no run folder
                 return
-            from lightning.fabric.utilities.rank_zero import rank_zero_only
-
-            from salt.gitcheck import check_and_tag
-
-            run_dir = os.environ.get("SALT_RUN_DIR")
-            if not run_dir:
-                stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-                root = Path(trainer.default_root_dir or "logs")
-                run_dir = str(root / f"{config.name}_{stamp}")
-                # DDP ranks started by Lightning inherit it: one folder for all of them
-                os.environ["SALT_RUN_DIR"] = run_dir
+            root = Path(trainer.default_root_dir or "logs")
+            run_dir = runfolder.choose_run_dir(root, config.name)
+            auto_resumed = False
+            if config.ckpt_path is None:
+                config.ckpt_path = runfolder.auto_resume_checkpoint(run_dir)
+                auto_resumed = config.ckpt_path is not None
+            rank_zero = rank_zero_only.rank == 0
             code = {}
-            if rank_zero_only.rank == 0:
-                code = check_and_tag(config.force, Path(run_dir).name if config.tag else None)
-            trainer.default_root_dir = run_dir
-            for logger in trainer.logger if isinstance(trainer.logger, list) else [trainer.logger]:
+            if rank_zero:
+                # a restart into its own folder (a requeued job) finds its tag already made
+                code = check_and_tag(config.force, run_dir.name if config.tag else None)
+                runfolder.keep_previous_metrics(run_dir)
+            for logger in _as_list(trainer.logger):
                 args = getattr(logger, "init_args", None)
                 if args is not None and "save_dir" in args:
-                    args.save_dir = run_dir
+                    args.save_dir = str(run_dir)
                     if "name" in args:
                         args.name = ""
                     if "version" in args:
                         args.version = ""
             for callback in trainer.callbacks or []:
                 if callback.class_path.endswith("Checkpoint") and "dirpath" in callback.init_args:
-                    callback.init_args.dirpath = str(Path(run_dir) / "ckpts")
+                    callback.init_args.dirpath = str(run_dir / "ckpts")
+            # RunFolder writes the root, not these folders, into config.yaml: a run started
+            # from it gets a folder of its own
             self.save_config_kwargs = {
                 "overwrite": True,
-                "run_dir": run_dir,
+                "run_dir": str(run_dir),
                 "code_info": code,
+                "resumed_from": config.ckpt_path,
             }
-            print(f"Run folder: {run_dir}")
+            if rank_zero:
+                print(f"Run folder: {run_dir}")
+                if auto_resumed:
+                    print(f"Resuming from {config.ckpt_path} (the newest checkpoint of {run_dir})")
+                elif config.ckpt_path is not None:
+                    print(f"Resuming from {config.ckpt_path}")
 
-        def _prepare_test(self, config) -> None:
+        def _prepare_evaluation(self, config, subcommand: str) -> None:
+            """validate, test, predict: one device, the run's best checkpoint, no logger."""
             from salt.callbacks.checkpoint import best_checkpoint
 
             trainer = config.trainer
-            devices = trainer.devices
-            if isinstance(devices, list | tuple) and len(devices) > 1:
-                raise SaltError(
-                    f"salt test runs on one device; --trainer.devices {list(devices)} names "
-                    "several. Name one, e.g. --trainer.devices [0]."
-                )
-            if devices not in (1, "1", "auto", [0], None) and not isinstance(devices, list):
-                print("Setting --trainer.devices=1")
-                trainer.devices = 1
-            trainer.num_nodes = 1
-            trainer.strategy = "auto"
+            # the logger of a run config points into that run's folder, and the CSV logger
+            # deletes an existing metrics.csv: evaluation must not touch it
             trainer.logger = False
+            if subcommand != "validate":
+                # predictions are gathered and written by one process, in file order
+                _single_device(trainer)
             if not _named_on_command_line("--ckpt_path", self._argv) or config.ckpt_path is None:
                 run_dir = _run_dir_of(config)
                 if run_dir is None:
                     raise SaltError(
-                        "salt test needs a checkpoint: give --ckpt_path, or the run's config "
-                        "(--config logs/<run>/config.yaml) to use its best checkpoint."
+                        f"salt {subcommand} needs a checkpoint: give --ckpt_path, or the run's "
+                        "config (--config logs/<run>/config.yaml) to use its best checkpoint."
                     )
                 if config.ckpt_path is not None:
                     log.info("ignoring ckpt_path %s from the config", config.ckpt_path)
                 config.ckpt_path = str(best_checkpoint(run_dir / "ckpts"))
-            print(f"Testing checkpoint {config.ckpt_path}")
-            if not any(c.class_path.endswith("PredictionWriter") for c in trainer.callbacks or []):
+            elif not Path(config.ckpt_path).is_file():
+                raise SaltError(f"--ckpt_path '{config.ckpt_path}' is not a file.")
+            verb = {"validate": "Validating", "test": "Testing", "predict": "Predicting"}
+            print(f"{verb[subcommand]} checkpoint {config.ckpt_path}")
+            if subcommand == "test" and not any(
+                c.class_path.endswith("PredictionWriter") for c in trainer.callbacks or []
+            ):
                 from jsonargparse import Namespace
 
                 default = Namespace(
@@ -238,12 +281,56 @@ def build(args: list[str]):
     return _build_cli_class()(list(_resolve_config_paths(args)), run=False)
 
 
-def _cpu_has_native_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+def _as_list(value) -> list:
+    if value is None or isinstance(value, bool):
+        return []
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def _drop_disabled_callbacks(trainer) -> None:
+    """`--trainer.enable_progress_bar false` and `enable_checkpointing false` work as in Lightning.
+
+    Lightning refuses those flags when the callback list holds a progress bar or a checkpoint,
+    and base.yaml lists both.
+    """
+    disabled = []
+    if trainer.get("enable_progress_bar") is False:
+        disabled.append("ProgressBar")
+    if trainer.get("enable_checkpointing") is False:
+        disabled.append("Checkpoint")
+    if disabled and trainer.callbacks:
+        trainer.callbacks = [
+            c for c in trainer.callbacks if not c.class_path.endswith(tuple(disabled))
+        ]
+
+
+def _single_device(trainer) -> None:
+    """Reduce `trainer.devices` to one device (keeping a named GPU index)."""
+    devices = trainer.devices
+    if isinstance(devices, str) and "," in devices:
+        devices = [d for d in devices.split(",") if d.strip()]
+    if isinstance(devices, list | tuple):
+        if len(devices) > 1:
+            raise SaltError(
+                f"salt test and predict run on one device; --trainer.devices {list(devices)} "
+                "names several. Name one, e.g. --trainer.devices [0]."
+            )
+    elif str(devices) != "1":
+        print(f"Setting --trainer.devices 1 (was {devices}): one process writes the outputs")
+        trainer.devices = 1
+    trainer.num_nodes = 1
+    trainer.strategy = "auto"
+
+
+def _cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU computes in bf16 natively (AVX512-BF16 or AMX), from /proc/cpuinfo."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = {f for line in cpuinfo.splitlines() if line.startswith("flags") for f in line.split()}
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def _named_on_command_line(option: str, argv: list[str]) -> bool:
@@ -285,9 +372,31 @@ def _setup_logging() -> None:
     # known, harmless warnings from Lightning's internals that a user can do nothing about
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*is smaller than the logging interval.*")
+    # a restarted run folder: salt has moved the earlier metrics.csv aside (runfolder.py)
+    warnings.filterwarnings("ignore", message=".*Previous log files in this directory will be.*")
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
     for noisy in ("lightning.fabric", "lightning.pytorch.utilities.rank_zero", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _render_help(cli_class, argv: list[str]) -> tuple[str, bool]:
+    """The help text for `argv`, and whether it is worth caching (the parser exited cleanly)."""
+    buffer = io.StringIO()
+    ok = True
+    sys.argv = [sys.argv[0], *argv]
+    with contextlib.redirect_stdout(buffer):
+        try:
+            cli_class(None)
+        except SystemExit as exc:
+            ok = exc.code in (0, None)
+    text = buffer.getvalue()
+    return text, ok and bool(text.strip())
+
+
+def _is_rank_zero() -> bool:
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
 
 
 def main(args: list[str] | None = None) -> None:
@@ -310,21 +419,21 @@ def main(args: list[str] | None = None) -> None:
     install_handlers()
     _tune_malloc()
     _setup_logging()
-    run_dir_env = os.environ.get("SALT_RUN_DIR")
+    env_before = {k: os.environ.get(k) for k in ("SALT_RUN_DIR", "SALT_AUTO_CKPT")}
     code = 0
     try:
         cli_class = _build_cli_class()
         if wants_help:
-            buffer = io.StringIO()
-            with contextlib.redirect_stdout(buffer), contextlib.suppress(SystemExit):
-                sys.argv = [sys.argv[0], *argv]
-                cli_class(None)
-            helpcache.store(argv, buffer.getvalue())
-            sys.stdout.write(buffer.getvalue())
-            return
-        # Lightning's CLI reads sys.argv; hand it the resolved arguments there
-        sys.argv = [sys.argv[0], *argv]
-        cli_class(None)
+            text, cacheable = _render_help(cli_class, argv)
+            if cacheable:
+                helpcache.store(argv, text)
+            sys.stdout.write(text)
+            if not cacheable:
+                code = 2
+        else:
+            # Lightning's CLI reads sys.argv; hand it the resolved arguments there
+            sys.argv = [sys.argv[0], *argv]
+            cli_class(None)
     except SaltError as err:
         print(f"salt: error: {err}", file=sys.stderr)
         code = 2
@@ -335,21 +444,36 @@ def main(args: list[str] | None = None) -> None:
         del exc
     finally:
         cleanup()
-        if run_dir_env is None:  # set for this run's DDP ranks only
-            os.environ.pop("SALT_RUN_DIR", None)
+        if "salt.callbacks.runfolder" in sys.modules:
+            sys.modules["salt.callbacks.runfolder"].release_unused()
+        # set by salt for this run's DDP ranks only: a later run in this process starts afresh
+        for key, value in env_before.items():
+            if value is None:
+                os.environ.pop(key, None)
     if STATE.signal is not None:
-        name = {2: "SIGINT (Ctrl-C)", 15: "SIGTERM"}.get(STATE.signal, f"signal {STATE.signal}")
-        print(f"\nsalt: stopped by {name}.", file=sys.stderr)
-        if STATE.checkpoint is not None:
-            run_dir = STATE.checkpoint.parent.parent
-            print(
-                "Resume with:\n  salt fit --config "
-                f"{run_dir / 'config.yaml'} --ckpt_path {STATE.checkpoint}",
-                file=sys.stderr,
-            )
-        code = code or 128 + STATE.signal
+        code = 128 + STATE.signal
+        if _is_rank_zero():
+            _report_interruption(STATE)
     if code:
         sys.exit(code)
+
+
+def _report_interruption(state) -> None:
+    from salt.callbacks.interrupt import SIGNAL_NAMES, requeue_slurm_job
+
+    name = SIGNAL_NAMES.get(state.signal, f"signal {state.signal}")
+    print(f"\nsalt: stopped by {name}.", file=sys.stderr)
+    if state.checkpoint is not None:
+        run_dir = state.checkpoint.parent.parent
+        print(
+            "Resume with:\n  salt fit --config "
+            f"{run_dir / 'config.yaml'} --ckpt_path {state.checkpoint}",
+            file=sys.stderr,
+        )
+    elif not state.started:
+        print("Training had not started: there is no checkpoint to resume from.", file=sys.stderr)
+    if state.requeue:
+        print(f"salt: {requeue_slurm_job()}", file=sys.stderr)
 
 
 if __name__ == "__main__":

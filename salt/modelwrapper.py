@@ -100,8 +100,10 @@ class ModelWrapper(L.LightningModule):
     def __init__(self, model: SaltModel, lrs_config: dict[str, float], name: str = "salt"):
         super().__init__()
         missing = [k for k in LRS_KEYS if k not in lrs_config]
-        if missing:
-            raise SaltError(f"model.lrs_config lacks {missing}; it needs {list(LRS_KEYS)}.")
+        unknown = [k for k in lrs_config if k not in LRS_KEYS]
+        if missing or unknown:
+            found = f"lacks {missing}" if missing else f"has unknown keys {unknown}"
+            raise SaltError(f"model.lrs_config {found}; it takes exactly {list(LRS_KEYS)}.")
         self.model = model
         self.lrs_config = dict(lrs_config)
         self.name = name
@@ -179,9 +181,10 @@ class ModelWrapper(L.LightningModule):
         optimizer = torch.optim.AdamW(
             self.parameters(), lr=cfg["initial"], weight_decay=cfg["weight_decay"]
         )
-        scheduler = OneCycle(
-            optimizer, cfg["initial"], cfg["max"], cfg["end"], cfg["pct_start"], self.total_steps()
-        )
+        # Sized in on_train_start. Asking the trainer for its total steps here would build the
+        # training dataloader before a checkpoint's loop state is restored, and Lightning would
+        # then never hand the loader its mid-epoch position: a resumed epoch would start over.
+        scheduler = OneCycle(optimizer, cfg["initial"], cfg["max"], cfg["end"], cfg["pct_start"], 1)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
@@ -191,7 +194,9 @@ class ModelWrapper(L.LightningModule):
         total = self.total_steps()
         for config in self.trainer.lr_scheduler_configs:
             scheduler = config.scheduler
-            if isinstance(scheduler, OneCycle) and scheduler.total_steps != total:
+            if not isinstance(scheduler, OneCycle) or scheduler.total_steps == total:
+                continue
+            if scheduler.last_epoch > 0:  # resumed, and the new run is longer or shorter
                 log.warning(
                     "learning-rate schedule resized from %d to %d steps (max_epochs changed on "
                     "resume); it continues from step %d",
@@ -199,7 +204,12 @@ class ModelWrapper(L.LightningModule):
                     total,
                     scheduler.last_epoch,
                 )
-                scheduler.total_steps = total
+            scheduler.total_steps = total
+            # the optimiser holds the rate of the current step; recompute it for the new length
+            lrs = scheduler.get_lr()
+            for group, lr in zip(scheduler.optimizer.param_groups, lrs):
+                group["lr"] = lr
+            scheduler._last_lr = lrs
 
     # ----------------------------------------------------------------------------- RNG state
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -1,14 +1,19 @@
-"""Interruption: SIGTERM and Ctrl-C end a run cleanly, with a checkpoint to resume from.
+"""Interruption: SIGTERM, Ctrl-C and Slurm's time-limit signal end a run cleanly, resumable.
 
 Lightning stops after the current batch on SIGTERM but exits 0 and saves nothing. salt:
 
 * before training (set-up, file copies): ends at once, removing temporary copies (atexit);
-* during training: lets the current batch finish, saves `ckpts/interrupted-...ckpt` once training
-  has started, stops the dataloader workers, and `salt` exits with 128 + the signal number and
-  prints the command that resumes. A second Ctrl-C aborts without waiting.
+* during training: lets the current batch finish (on every DDP rank: Lightning agrees on the
+  batch), saves `ckpts/interrupted-epoch=NNN-step=N.ckpt` once training has started, stops the
+  dataloader workers, and `salt` exits with 128 + the signal number, printing the command that
+  resumes. A second Ctrl-C aborts without waiting (and without a checkpoint).
+* SIGUSR1 inside a Slurm job (`#SBATCH --signal=USR1@120`, see submit/submit_slurm.sh) does the
+  same and then requeues the job (`scontrol requeue`); the requeued job resumes from that
+  checkpoint in the same run folder.
 
-Dataloader workers (forked from the main process) ignore Ctrl-C and leave on SIGTERM; they are
-also bound to die with the main process (see salt.data.datamodule).
+Dataloader workers (forked from the main process) ignore all three: the main process shuts them
+down, and they are bound to die with it (see salt.data.datamodule). A worker that left on its
+own would make torch abort the batch in flight.
 """
 
 from __future__ import annotations
@@ -16,12 +21,19 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback
 
 log = logging.getLogger(__name__)
+
+SIGNAL_NAMES = {
+    signal.SIGINT: "SIGINT (Ctrl-C)",
+    signal.SIGTERM: "SIGTERM",
+    signal.SIGUSR1: "SIGUSR1 (Slurm time limit)",
+}
 
 
 @dataclass
@@ -30,7 +42,9 @@ class _State:
     signal: int | None = None
     interrupts: int = 0
     training: bool = False
+    started: bool = False
     checkpoint: Path | None = None
+    requeue: bool = False
 
 
 STATE = _State()
@@ -38,11 +52,11 @@ STATE = _State()
 
 def _handler(signum, frame) -> None:
     if os.getpid() != STATE.owner:  # a forked worker: the main process shuts it down
-        if signum == signal.SIGTERM:
-            os._exit(128 + signum)
         return
     if STATE.signal is None:
         STATE.signal = signum
+    if signum == signal.SIGUSR1 and os.environ.get("SLURM_JOB_ID"):
+        STATE.requeue = True
     if not STATE.training:
         if signum == signal.SIGINT:
             raise KeyboardInterrupt
@@ -52,40 +66,102 @@ def _handler(signum, frame) -> None:
         if STATE.interrupts > 1:
             raise KeyboardInterrupt
         log.warning("Ctrl-C: finishing this batch and saving a checkpoint (Ctrl-C again to abort)")
+    if signum != signal.SIGTERM:
         # Lightning's SIGTERM handling stops the loop at the end of the batch, on every rank
         os.kill(os.getpid(), signal.SIGTERM)
 
 
 def install_handlers() -> None:
-    """Take over SIGTERM and SIGINT for this process (the `salt` entry point calls it first)."""
+    """Take over SIGTERM, SIGINT and SIGUSR1 (the `salt` entry point calls it first).
+
+    Installed before Lightning's trainer starts, the SIGUSR1 handler also keeps Lightning's own
+    Slurm requeue handler (which saves mid-step) out of the way.
+    """
     STATE.owner = os.getpid()
     STATE.signal = None
     STATE.interrupts = 0
+    STATE.training = False
+    STATE.started = False
     STATE.checkpoint = None
-    signal.signal(signal.SIGTERM, _handler)
-    signal.signal(signal.SIGINT, _handler)
+    STATE.requeue = False
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        signal.signal(signum, _handler)
+
+
+def requeue_slurm_job() -> str:
+    """`scontrol requeue` this Slurm job; returns what happened, for the user."""
+    job = os.environ.get("SLURM_JOB_ID", "")
+    if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
+        job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    try:
+        result = subprocess.run(
+            ["scontrol", "requeue", job], capture_output=True, text=True, check=False
+        )
+    except OSError as err:
+        return f"could not requeue Slurm job {job}: {err}"
+    if result.returncode != 0:
+        return f"could not requeue Slurm job {job}: {(result.stderr or result.stdout).strip()}"
+    return f"requeued Slurm job {job}: it resumes in the same run folder"
+
+
+def _once(handler):
+    """`handler`, run for the first signal only; later ones are dropped."""
+
+    def once(signum, frame) -> None:
+        if once.fired:
+            return
+        once.fired = True
+        handler(signum, frame)
+
+    once.fired = False
+    once.salt_once = True
+    return once
 
 
 class Interruption(Callback):
     """Saves a resumable checkpoint when a run is interrupted by a signal."""
 
-    def setup(self, trainer, pl_module, stage: str) -> None:
-        STATE.training = stage == "fit"
+    def on_sanity_check_start(self, trainer, pl_module) -> None:
+        self._arm()
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._arm()
+
+    @staticmethod
+    def _arm() -> None:
+        """From here on Lightning's SIGTERM handler (installed when fitting starts) stops the loop.
+
+        It broadcasts from inside the handler to the other DDP ranks, so it must run once per
+        process: a rank that Lightning started gets SIGTERM from rank 0 as well as from a
+        terminal's or a batch system's signal to the whole group, and a second broadcast on one
+        rank alone would hang them all.
+        """
+        STATE.training = True
+        handler = signal.getsignal(signal.SIGTERM)
+        if callable(handler) and not getattr(handler, "salt_once", False):
+            signal.signal(signal.SIGTERM, _once(handler))
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         STATE.training = False
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        STATE.started = True
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if STATE.signal is None and not isinstance(exception, KeyboardInterrupt):
             return
         STATE.training = False
-        started = trainer.global_step > 0
+        STATE.started = STATE.started or trainer.global_step > 0
+        if STATE.interrupts > 1:  # a second Ctrl-C: the step may be half done, save nothing
+            return
         ckpt_dir = getattr(trainer.checkpoint_callback, "dirpath", None)
-        if not started or not ckpt_dir or trainer.fast_dev_run:
+        if not STATE.started or not ckpt_dir or trainer.fast_dev_run:
             return
         path = Path(ckpt_dir) / (
             f"interrupted-epoch={trainer.current_epoch:03d}-step={trainer.global_step}.ckpt"
         )
-        trainer.save_checkpoint(path)
+        # every rank calls it (it ends in a barrier); only rank 0 writes
+        trainer.save_checkpoint(path, weights_only=False)
         STATE.checkpoint = path
-        log.warning("saved %s", path)
+        if trainer.is_global_zero:
+            log.warning("saved %s", path)

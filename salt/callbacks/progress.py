@@ -8,7 +8,11 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 
 
 class ProgressBar(TQDMProgressBar):
-    """Adds ``jets/s`` (training throughput, smoothed over recent batches) to the bar."""
+    """Adds ``jets/s`` to the bar: training throughput of all ranks, smoothed over recent batches.
+
+    Measured from batch end to batch end, so reading the data counts; under DDP it is this
+    rank's rate times the number of ranks (they step together).
+    """
 
     def __init__(self, refresh_rate: int = 1, smoothing: float = 0.9):
         super().__init__(refresh_rate=refresh_rate)
@@ -28,7 +32,7 @@ class ProgressBar(TQDMProgressBar):
             first = next(iter(valid.values()), None)
             if first is None:
                 first = next(iter(inputs.values()))
-            rate = first.shape[0] / max(now - self._last, 1e-9)
+            rate = first.shape[0] * trainer.world_size / max(now - self._last, 1e-9)
             s = self.smoothing
             self._rate = rate if self._rate is None else s * self._rate + (1 - s) * rate
         self._last = now

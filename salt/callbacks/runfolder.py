@@ -1,7 +1,19 @@
-"""RunFolder: writes the run folder's config.yaml, metadata.yaml and the norm/class dict copies."""
+"""The run folder: where it is, and RunFolder, which fills it with config, metadata and dicts.
+
+    logs/<name>_<YYYYMMDD-hhmmss>/     config.yaml  metadata.yaml  norm_dict.yaml  class_dict.yaml
+                                       metrics.csv  ckpts/epoch=NNN-val_loss=X.XXXXX.ckpt
+
+Every process of a run must agree on the folder: `salt fit` exports `SALT_RUN_DIR`, which the
+DDP ranks Lightning starts inherit. Batch jobs pin it themselves: `SALT_RUN_ID` replaces the
+timestamp (the Slurm script sets it from the job id, so a requeued job finds its folder again),
+or `SALT_RUN_DIR` gives the whole path. A pinned folder that holds checkpoints is resumed from
+the newest one.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
 import platform
 import shlex
 import shutil
@@ -16,6 +28,84 @@ from lightning.pytorch.cli import SaveConfigCallback
 
 import salt
 
+log = logging.getLogger(__name__)
+
+# a folder this process created for its run, removed again if the run ends before writing to it
+_reserved: list[Path] = []
+
+
+def choose_run_dir(root: Path, name: str) -> Path:
+    """The run folder of this process: pinned by `SALT_RUN_DIR` or `SALT_RUN_ID`, else new.
+
+    An unpinned folder is `<root>/<name>_<timestamp>`, created here so that two runs started in
+    the same second cannot share it (the second gets a `-2` suffix). The choice is exported as
+    `SALT_RUN_DIR` for the DDP ranks that Lightning starts from this process.
+    """
+    if path := os.environ.get("SALT_RUN_DIR"):
+        return Path(path)
+    run_id = os.environ.get("SALT_RUN_ID")
+    if not run_id and int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1:
+        # `srun salt fit` starts every rank separately: only the job id is common to all
+        run_id = f"job{os.environ.get('SLURM_JOB_ID', '0')}"
+    if run_id:
+        run_dir = root / f"{name}_{run_id}"
+        os.environ["SALT_RUN_DIR"] = str(run_dir)
+        return run_dir
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    if not root.exists():
+        root.mkdir(parents=True)
+        _reserved.append(root)
+    run_dir, n = root / f"{name}_{stamp}", 1
+    while True:
+        try:
+            run_dir.mkdir()
+            break
+        except FileExistsError:
+            n += 1
+            run_dir = root / f"{name}_{stamp}-{n}"
+    _reserved.append(run_dir)
+    os.environ["SALT_RUN_DIR"] = str(run_dir)
+    return run_dir
+
+
+def release_unused() -> None:
+    """Remove the folders this process reserved but never wrote to (the run failed first)."""
+    while _reserved:
+        path = _reserved.pop()
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+
+
+def newest_checkpoint(ckpt_dir: Path) -> Path | None:
+    """The most recently written checkpoint in `ckpt_dir` (an interruption's or an epoch's)."""
+    ckpts = [p for p in Path(ckpt_dir).glob("*.ckpt") if p.is_file()]
+    return max(ckpts, key=lambda p: p.stat().st_mtime_ns) if ckpts else None
+
+
+def auto_resume_checkpoint(run_dir: Path) -> str | None:
+    """The checkpoint to resume a pinned run folder from, decided once for all ranks.
+
+    The process that decides exports the choice as `SALT_AUTO_CKPT`, so that the DDP ranks it
+    starts resume from the same file even if a checkpoint appears in between.
+    """
+    if "SALT_AUTO_CKPT" in os.environ:
+        return os.environ["SALT_AUTO_CKPT"] or None
+    ckpt = newest_checkpoint(run_dir / "ckpts")
+    os.environ["SALT_AUTO_CKPT"] = str(ckpt) if ckpt else ""
+    return str(ckpt) if ckpt else None
+
+
+def keep_previous_metrics(run_dir: Path) -> None:
+    """Move an earlier metrics.csv aside: Lightning's CSV logger deletes it when it starts."""
+    metrics = run_dir / "metrics.csv"
+    if not metrics.is_file():
+        return
+    n = 1
+    while (run_dir / f"metrics-{n}.csv").exists():
+        n += 1
+    metrics.rename(run_dir / f"metrics-{n}.csv")
+    log.info("kept the metrics of the previous start as %s", run_dir / f"metrics-{n}.csv")
+
 
 def _version(package: str) -> str | None:
     try:
@@ -27,26 +117,39 @@ def _version(package: str) -> str | None:
 class RunFolder(SaveConfigCallback):
     """On rank 0 at the start of `salt fit`, fills `<run folder>/` (see DESIGN.md).
 
-    config.yaml is the fully merged config, enough to reproduce or resume the run;
-    metadata.yaml records the code (git), the software, the machine, the command and the data.
+    config.yaml is the fully merged config, enough to reproduce the run (`salt fit --config
+    <run>/config.yaml` trains it again) or to resume it (add `--ckpt_path`). metadata.yaml
+    records the code (git), the software, the machine, the command and the data; a run folder
+    started again (a requeued batch job) keeps the earlier starts under `previous_starts`.
     """
 
-    def __init__(self, *args, run_dir: str | None = None, code_info: dict | None = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        run_dir: str | None = None,
+        code_info: dict | None = None,
+        resumed_from: str | None = None,
+        **kwargs,
+    ):
         kwargs["save_to_log_dir"] = False
         super().__init__(*args, **kwargs)
         self.run_dir = run_dir
         self.code_info = code_info or {}
+        self.resumed_from = str(Path(resumed_from).resolve()) if resumed_from else None
 
     def save_config(self, trainer, pl_module, stage: str) -> None:
         if self.run_dir is None or stage != "fit":
             return
         run_dir = Path(self.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        # --force and --tag are decisions about this launch, not part of the recipe: a resume
-        # from config.yaml must make them again
         config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+        # --force and --tag are decisions about this launch, and the checkpoint a resume starts
+        # from is recorded in metadata.yaml: `salt fit --config config.yaml` trains the recipe
         for key in ("force", "tag"):
             config.pop(key, None)
+        config["ckpt_path"] = None
+        # the folders of this run are set afresh at every start; the root is what to keep
+        config["trainer"]["default_root_dir"] = str(run_dir.parent)
         with (run_dir / self.config_filename).open("w") as f:
             yaml.safe_dump(config, f, sort_keys=False)
         data = trainer.datamodule
@@ -54,12 +157,19 @@ class RunFolder(SaveConfigCallback):
             src = getattr(data, attr, None)
             if src:
                 shutil.copyfile(src, run_dir / f"{attr}.yaml")
+        self._write_metadata(run_dir, trainer, config)
+
+    def _write_metadata(self, run_dir: Path, trainer, config: dict) -> None:
+        path = run_dir / "metadata.yaml"
+        previous = yaml.safe_load(path.read_text()) if path.is_file() else None
         meta = {
             "run": run_dir.name,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "command": shlex.join(["salt", *sys.argv[1:]]),
             "cwd": str(Path.cwd()),
             "host": socket.gethostname(),
+            "resumed_from": self.resumed_from,
+            "seed": config.get("seed_everything"),
             **self.code_info,
             "versions": {
                 "salt": salt.__version__,
@@ -75,9 +185,19 @@ class RunFolder(SaveConfigCallback):
                 "world_size": trainer.world_size,
                 "precision": str(trainer.precision),
             },
-            "data": self._data_info(data),
+            "data": self._data_info(trainer.datamodule),
         }
-        with (run_dir / "metadata.yaml").open("w") as f:
+        if os.environ.get("SLURM_JOB_ID"):
+            meta["slurm"] = {
+                "job_id": os.environ["SLURM_JOB_ID"],
+                "restart_count": int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
+                "nodes": os.environ.get("SLURM_JOB_NODELIST"),
+            }
+        if previous:
+            earlier = previous.pop("previous_starts", [])
+            keep = ("created", "command", "host", "resumed_from", "git_hash")
+            meta["previous_starts"] = [*earlier, {k: previous.get(k) for k in keep}]
+        with path.open("w") as f:
             yaml.safe_dump(meta, f, sort_keys=False)
 
     @staticmethod
