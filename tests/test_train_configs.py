@@ -69,8 +69,8 @@ def test_gn2_beats_the_best_single_track_cut(demo, tmp_path):
     test_files = write_demo_dataset(tmp_path / "big_test", num_jets=60_000, seed=7)
     run_salt(
         ["fit", "--config", "configs/GN2.yaml", *data_args(demo), "--force",
-         "--data.batch_size", "250", "--trainer.max_epochs", "2",
-         "--trainer.enable_model_summary", "false"],
+         "--data.batch_size", "100", "--trainer.max_epochs", "3",
+         "--trainer.enable_model_summary", "false", "--trainer.enable_progress_bar", "false"],
         tmp_path,
     )  # fmt: skip
     (run_dir,) = (tmp_path / "logs").iterdir()
