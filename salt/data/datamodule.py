@@ -6,18 +6,24 @@ import ctypes
 import logging
 import os
 import signal
+import threading
 import uuid
 import warnings
 from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
 
 from salt.data.dataset import JetDataset
 from salt.data.h5files import FileSpec, check_readable, combine_files, open_h5, resolve_files
+from salt.data.loader import SaltDataLoader, read_ahead
 from salt.data.sampler import BatchOrderSampler
-from salt.data.tempcopy import copy_destinations, copy_to_temp, register_for_cleanup
+from salt.data.tempcopy import (
+    copy_destinations,
+    copy_to_temp,
+    register_for_cleanup,
+    remove_now,
+)
 from salt.errors import SaltError
 
 log = logging.getLogger(__name__)
@@ -32,37 +38,57 @@ def _die_with_parent(_worker_id: int) -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except OSError:  # not Linux: torch's own watchdog still ends orphaned workers
         pass
+    # A SIGTERM or Ctrl-C sent to every process (a terminal, scancel, `kill` of the group) must
+    # not kill the workers: torch would abort the batch in flight and salt could save no
+    # checkpoint; the main process stops them once it has saved (salt.callbacks.interrupt). A
+    # SIGTERM from the main process itself (torch's or multiprocessing's shutdown) still ends the
+    # worker at once, as torch's own handler would.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = os.getppid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+    def end_when_the_parent_says_so() -> None:
+        while True:
+            if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
+                os._exit(0)
+
+    threading.Thread(target=end_when_the_parent_says_so, daemon=True).start()
 
 
-class SaltDataLoader(DataLoader):
-    """A DataLoader that Lightning checkpoints: where in which epoch the batch order stands.
+def worker_advice(num_workers: int, cpus: int, on_gpu: bool) -> str | None:
+    """A warning about `data.num_workers` for a run with `cpus` usable CPUs, or None."""
+    if num_workers > cpus:
+        return (
+            f"data.num_workers = {num_workers} but this process may use {cpus} CPUs: the "
+            f"workers will compete for them. Use --data.num_workers {cpus} or fewer."
+        )
+    if num_workers == 0 and on_gpu and cpus > 1:
+        return (
+            f"data.num_workers = 0 on a GPU run with {cpus} CPUs: the GPU may wait for data. "
+            f"Try --data.num_workers {min(cpus - 1, 15)}."
+        )
+    return None
 
-    With it a checkpoint written mid-epoch (on SIGTERM, say) resumes with the batches that epoch
-    had not yet seen, instead of starting the epoch over.
-    """
 
-    def __init__(self, *args, progress=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._progress = progress  # callable: batches of the current epoch already trained on
-
-    def state_dict(self) -> dict:
-        done = self._progress() if self._progress is not None else 0
-        return {"epoch": self.sampler.epoch, "batches_done": int(done)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.sampler.epoch = int(state["epoch"])
-        done = int(state["batches_done"])
-        # a checkpoint written at the end of an epoch has nothing left to skip
-        self.sampler.skip = done if done < len(self.sampler.order()) else 0
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, which batch systems restrict)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 class SaltDataModule(L.LightningDataModule):
     """Reads UPP-format files in weakly shuffled batches.
 
+    Every check that can be made before training is made in `setup`: the files exist and are
+    HDF5, their datasets and variables are there, the first `check_jets` jets hold finite inputs
+    and labels inside their tasks' classes.
+
     Parameters
     ----------
     train_file, val_file, test_file
-        One path, a glob or a list; several files are combined as one virtual dataset.
+        One path, a glob or a list; several files are combined as one virtual dataset (no copy).
     norm_dict
         UPP's norm_dict.yaml; the model normalises its inputs with it.
     class_dict
@@ -78,16 +104,21 @@ class SaltDataModule(L.LightningDataModule):
     test_batch_size
         Jets per batch for `salt test` (default: batch_size).
     num_workers
-        Dataloader worker processes (0: read in the training process).
+        Dataloader worker processes (0: read in the training process, see `read_ahead`).
     num_train, num_val, num_test
-        Jets to use from each split (-1: all; more than the file holds: all, with a warning).
+        Jets to use from each split (-1: all). More than the file holds: all of them, with a
+        warning that says so. 0 is refused.
     num_inputs
         Read only the first n constituent slots, e.g. ``{tracks: 20}``.
     move_files_temp
-        Copy the input files into this folder (e.g. /dev/shm/<user>) first; the copies are
-        removed when the run ends, however it ends.
+        Copy the input files into this folder (e.g. /dev/shm/<user>) first and read the copies;
+        they are removed when training ends, or when the process ends however it ends. Refused
+        before copying if the folder lacks room.
     pin_memory, persistent_workers, prefetch_factor
         As in torch's DataLoader (pinning only applies when training on a GPU).
+    read_ahead
+        With ``num_workers: 0``, batches a background thread reads ahead of training
+        (0: read in the training loop itself).
     test_suff
         Suffix for the prediction file of `salt test`.
     check_jets
@@ -120,12 +151,15 @@ class SaltDataModule(L.LightningDataModule):
         pin_memory: bool = True,
         persistent_workers: bool = True,
         prefetch_factor: int | None = None,
+        read_ahead: int = 3,
         test_suff: str | None = None,
         check_jets: int = 100_000,
         labels: dict[str, list[str]] | None = None,
         label_classes: dict[str, dict[str, int]] | None = None,
     ):
         super().__init__()
+        if num_workers < 0:
+            raise SaltError(f"data.num_workers must be 0 or more, got {num_workers}.")
         self.files = {"train": train_file, "val": val_file, "test": test_file}
         self.norm_dict = norm_dict
         self.class_dict = class_dict
@@ -141,6 +175,7 @@ class SaltDataModule(L.LightningDataModule):
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers
         self.prefetch_factor = prefetch_factor
+        self.read_ahead = read_ahead
         self.test_suff = test_suff
         self.check_jets = check_jets
         self.labels = labels or {}
@@ -148,6 +183,7 @@ class SaltDataModule(L.LightningDataModule):
         self.paths: dict[str, Path] = {}  # the file each split is read from (copy / virtual file)
         self.sources: dict[str, list[Path]] = {}  # the user's files behind it
         self.datasets: dict[str, JetDataset] = {}
+        self.temp_paths: list[Path] = []  # copies and virtual files this module made
 
     # ----------------------------------------------------------------------------- files
     def resolve(self, splits: tuple[str, ...]) -> None:
@@ -157,9 +193,10 @@ class SaltDataModule(L.LightningDataModule):
             if spec is None:
                 raise SaltError(f"data.{split}_file is not set: pass --data.{split}_file PATH.")
             paths = resolve_files(spec, split)
+            wanted = self._dataset_names()
             for path in paths:
                 with open_h5(path, split) as f:
-                    names = [k for k in f if k in (self._dataset_names())]
+                    names = [k for k in f if k in wanted]
                 check_readable(path, split, names)
             self.sources[split] = paths
         if self.move_files_temp:
@@ -175,8 +212,9 @@ class SaltDataModule(L.LightningDataModule):
     def _combine(self, paths: list[Path], split: str) -> Path:
         if len(paths) == 1:
             return paths[0]
-        path = combine_files(paths, split)
+        path = combine_files(paths, split, names=sorted(self._dataset_names()))
         register_for_cleanup(path.parent)
+        self.temp_paths.append(path.parent)
         return path
 
     def _copy_to_temp(self, splits: tuple[str, ...]) -> None:
@@ -190,6 +228,7 @@ class SaltDataModule(L.LightningDataModule):
         all_paths = [p for s in splits for p in self.sources[s]]
         if strategy is None or strategy.local_rank == 0:
             copies = copy_to_temp(all_paths, folder)
+            self.temp_paths.append(folder)
         else:
             copies = copy_destinations(all_paths, folder)
         if distributed:
@@ -202,6 +241,7 @@ class SaltDataModule(L.LightningDataModule):
 
     # ----------------------------------------------------------------------------- datasets
     def make_dataset(self, split: str) -> JetDataset:
+        """The JetDataset of `split`, read from `self.paths[split]` (see `resolve`)."""
         dataset = JetDataset(
             self.paths[split],
             variables=self.variables,
@@ -223,8 +263,9 @@ class SaltDataModule(L.LightningDataModule):
         """Read the first `check_jets` jets once: bad values fail here, before any training."""
         dataset = self.datasets[split]
         n_jets = dataset.num_jets if self.check_jets < 0 else min(self.check_jets, dataset.num_jets)
-        for index in range(-(-n_jets // dataset.batch_size)):
-            dataset[index]
+        for _ in read_ahead(dataset, range(-(-n_jets // dataset.batch_size))):
+            pass
+        # workers must open the file themselves; the main process reopens it when it reads
         dataset.close()
 
     def setup(self, stage: str) -> None:
@@ -233,8 +274,7 @@ class SaltDataModule(L.LightningDataModule):
             "validate": ("val",),
             "test": ("test",),
             "predict": ("test",),
-        }
-        splits = splits.get(stage, ())
+        }.get(stage, ())
         splits = tuple(s for s in splits if s not in self.datasets)
         if not splits:
             return
@@ -245,44 +285,44 @@ class SaltDataModule(L.LightningDataModule):
         self._advise_workers()
 
     def teardown(self, stage: str) -> None:
+        """Close the files and remove the temporary copies and virtual files made in `setup`."""
         for dataset in self.datasets.values():
             dataset.close()
+        if self.temp_paths:
+            for path in self.temp_paths:
+                remove_now(path)
+            self.temp_paths = []
+            # what pointed at the removed files is rebuilt by the next setup
+            self.datasets, self.paths = {}, {}
 
     def _advise_workers(self) -> None:
-        try:
-            cpus = len(os.sched_getaffinity(0))
-        except AttributeError:
-            cpus = os.cpu_count() or 1
-        on_gpu = self.trainer is not None and self.trainer.accelerator.__class__.__name__ in (
-            "CUDAAccelerator",
-            "MPSAccelerator",
-        )
-        if self.num_workers > cpus:
-            warnings.warn(
-                f"data.num_workers = {self.num_workers} but this process may use {cpus} CPUs: "
-                f"the workers will compete for them. Use --data.num_workers {cpus} or fewer.",
-                stacklevel=2,
-            )
-        elif self.num_workers == 0 and on_gpu and cpus > 1:
-            warnings.warn(
-                f"data.num_workers = 0 on a GPU run with {cpus} CPUs: the GPU may wait for data. "
-                f"Try --data.num_workers {min(cpus - 1, 15)}.",
-                stacklevel=2,
-            )
+        accelerator = type(self.trainer.accelerator).__name__ if self.trainer is not None else ""
+        on_gpu = accelerator in ("CUDAAccelerator", "MPSAccelerator")
+        advice = worker_advice(self.num_workers, usable_cpus(), on_gpu)
+        if advice is not None:
+            log.warning(advice)
+            warnings.warn(advice, stacklevel=2)
 
     # ----------------------------------------------------------------------------- loaders
     def _seed(self) -> int:
         return int(os.environ.get("PL_GLOBAL_SEED", 0))
 
     def _loader(self, split: str, shuffle: bool) -> SaltDataLoader:
+        if split not in self.datasets:
+            raise RuntimeError(f"call setup() before asking for the {split} dataloader")
         dataset = self.datasets[split]
         rank, world = 0, 1
         if self.trainer is not None and split != "test":
             rank, world = self.trainer.global_rank, self.trainer.world_size
         sampler = BatchOrderSampler(len(dataset), shuffle, self._seed(), rank, world)
+        fit_loop = getattr(self.trainer, "fit_loop", None)
+        if split == "train" and fit_loop is not None:
+            # A run resumed at an epoch boundary makes its iterator before Lightning calls
+            # set_epoch: start from the epoch the restored loop is in, not from 0.
+            sampler.epoch = fit_loop.epoch_progress.current.processed
         workers = self.num_workers
         on_gpu = torch.cuda.is_available() and (
-            self.trainer is None or self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator"
+            self.trainer is None or type(self.trainer.accelerator).__name__ == "CUDAAccelerator"
         )
         progress = None
         if split == "train" and self.trainer is not None:
@@ -300,6 +340,7 @@ class SaltDataModule(L.LightningDataModule):
             persistent_workers=self.persistent_workers and workers > 0,
             prefetch_factor=self.prefetch_factor if workers > 0 else None,
             worker_init_fn=_die_with_parent if workers > 0 else None,
+            read_ahead=self.read_ahead,
             # a private generator keeps the loader from drawing on the global RNG, which
             # must feed only the model for runs and resumes to be bit-identical
             generator=torch.Generator().manual_seed(self._seed()),

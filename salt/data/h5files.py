@@ -87,30 +87,53 @@ def check_readable(path: Path, split: str, names: list[str]) -> None:
                 ) from None
 
 
-def combine_files(paths: list[Path], split: str, workdir: Path | None = None) -> Path:
-    """One file to read from: the file itself, or a virtual dataset over several (no copying).
+def combine_files(
+    paths: list[Path], split: str, names: list[str] | None = None, workdir: Path | None = None
+) -> Path:
+    """One file to read from: the file itself, or a virtual file over several (no copying).
 
+    Each dataset in `names` (default: all that every file has) becomes one HDF5 virtual dataset
+    that concatenates the files' rows in the order given, with the first file's attributes.
     The virtual file lives in `workdir` (a fresh temporary folder by default); the caller owns
-    its removal (see `salt.data.tempcopy.cleanup`).
+    its removal (see `salt.data.tempcopy`).
     """
     if len(paths) == 1:
         return paths[0]
-    from ftag.vds import get_virtual_layout
-
-    names: set[str] | None = None
-    for path in paths:
+    abs_paths = [str(Path(p).resolve()) for p in paths]
+    shapes: dict[str, list[tuple]] = {}
+    dtypes: dict[str, object] = {}
+    attrs: dict[str, dict] = {}
+    for path in abs_paths:
         with open_h5(path, split) as f:
-            here = {k for k, v in f.items() if isinstance(v, h5py.Dataset)}
-        names = here if names is None else names & here
-    if not names:
-        raise SaltError(f"data.{split}_file: the files {[str(p) for p in paths]} share no dataset.")
+            here = [k for k, v in f.items() if isinstance(v, h5py.Dataset)]
+            if names is None:
+                names = here
+            for name in names:
+                if name not in here:
+                    continue  # the dataset checks name the missing dataset and the file
+                ds = f[name]
+                if name not in dtypes:
+                    dtypes[name], attrs[name] = ds.dtype, dict(ds.attrs)
+                elif ds.dtype != dtypes[name] or ds.shape[1:] != shapes[name][0][1:]:
+                    raise SaltError(
+                        f"data.{split}_file: dataset '{name}' of '{path}' has shape "
+                        f"{ds.shape} and type {ds.dtype}, but in '{abs_paths[0]}' it has rows of "
+                        f"shape {shapes[name][0][1:]} and type {dtypes[name]}; files combined "
+                        "into one split must share their layout."
+                    )
+                shapes.setdefault(name, []).append(ds.shape)
+    names = [n for n in names if len(shapes.get(n, ())) == len(abs_paths)]
     workdir = Path(workdir or tempfile.mkdtemp(prefix=f"salt_vds_{split}_"))
-    out = workdir / f"{split}_combined_vds.h5"
-    abs_paths = [str(p.resolve()) for p in paths]
+    out = workdir / f"{split}_combined.h5"
     with h5py.File(out, "w") as fout:
-        for name in sorted(names):
-            fout.create_virtual_dataset(name, get_virtual_layout(abs_paths, name))
-            with h5py.File(abs_paths[0], "r") as f0:
-                for key, value in f0[name].attrs.items():
-                    fout[name].attrs[key] = value
+        for name in names:
+            total = sum(shape[0] for shape in shapes[name])
+            layout = h5py.VirtualLayout((total, *shapes[name][0][1:]), dtypes[name])
+            start = 0
+            for path, shape in zip(abs_paths, shapes[name]):
+                layout[start : start + shape[0]] = h5py.VirtualSource(path, name, shape)
+                start += shape[0]
+            ds = fout.create_virtual_dataset(name, layout)
+            for key, value in attrs[name].items():
+                ds.attrs[key] = value
     return out

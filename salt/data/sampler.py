@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 from torch.utils.data import Sampler
 
+from salt.errors import SaltError
+
 
 class BatchOrderSampler(Sampler[int]):
     """Yields batch indices of a `JetDataset`, shuffled per epoch from `(seed, epoch)`.
@@ -39,7 +41,7 @@ class BatchOrderSampler(Sampler[int]):
         world_size: int = 1,
     ):
         if world_size > num_batches:
-            raise ValueError(
+            raise SaltError(
                 f"{num_batches} batches cannot be shared among {world_size} processes: use a "
                 "smaller batch size, more jets, or fewer devices."
             )
@@ -69,9 +71,12 @@ class BatchOrderSampler(Sampler[int]):
         return perm[self.rank :: self.world_size][:per_rank]
 
     def __iter__(self):
+        # a generator: the skip goes to the iterator that is consumed, not to one that is only
+        # made (torch's worker iterator makes two and keeps the second)
         order = self.order()[self.skip :]
         self.skip = 0
-        return iter(order.tolist())
+        yield from order.tolist()
 
     def __len__(self) -> int:
-        return self.num_batches // self.world_size - self.skip
+        # the whole epoch, also when resuming: Lightning counts the batches already done
+        return self.num_batches // self.world_size
