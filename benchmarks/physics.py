@@ -1,7 +1,8 @@
 """Physics benchmark: GN2 trained by `salt fit` against a gradient-boosted tree on the same jets.
 
     python benchmarks/physics.py --train-file F --val-file V --test-file T --norm-dict N \
-        --class-dict C [--num-train 80000] [--batch-size 250] [--epochs 1] [--config configs/GN2.yaml]
+        --class-dict C [--num-train 80000] [--batch-size 250] [--epochs 1] \
+        [--config configs/GN2.yaml]
 
 Trains GN2 through the real CLI within the budget, tests it, and in the same run trains a
 scikit-learn HistGradientBoostingClassifier on hand-made jet features of the same training jets
@@ -34,10 +35,12 @@ def jet_features(path: str | Path, num: int) -> tuple[np.ndarray, np.ndarray, np
     """(features, flavour_label, HadronConeExclTruthLabelID) of the first `num` jets (-1: all)."""
     with h5py.File(path) as f:
         n = f["jets"].shape[0] if num < 0 else min(num, f["jets"].shape[0])
-        jets = f["jets"].fields(["pt_btagJes", "eta_btagJes", "HadronConeExclTruthLabelID",
-                                 "flavour_label"])[:n]  # fmt: skip
-        tracks = f["tracks"].fields(["valid", "IP3D_signed_d0_significance",
-                                     "IP3D_signed_z0_significance"])[:n]  # fmt: skip
+        jets = f["jets"].fields(
+            ["pt_btagJes", "eta_btagJes", "HadronConeExclTruthLabelID", "flavour_label"]
+        )[:n]
+        tracks = f["tracks"].fields(
+            ["valid", "IP3D_signed_d0_significance", "IP3D_signed_z0_significance"]
+        )[:n]
     valid = tracks["valid"]
     columns = [np.log(jets["pt_btagJes"]), np.abs(jets["eta_btagJes"]), valid.sum(1)]
     for name in ("IP3D_signed_d0_significance", "IP3D_signed_z0_significance"):
@@ -66,27 +69,55 @@ def rejections(disc: np.ndarray, truth: np.ndarray, b_eff: float = 0.7) -> dict[
 def train_gn2(args, workdir: Path) -> tuple[dict, float]:
     common = [sys.executable, "-m", "salt.main"]
     fit = [
-        *common, "fit", "--config", args.config, "--force",
-        "--data.train_file", args.train_file, "--data.val_file", args.val_file,
-        "--data.test_file", args.test_file, "--data.norm_dict", args.norm_dict,
-        "--data.class_dict", args.class_dict, "--data.num_train", str(args.num_train),
-        "--data.batch_size", str(args.batch_size), "--trainer.max_epochs", str(args.epochs),
-        "--trainer.enable_progress_bar", "false",
-    ]  # fmt: skip
+        *common,
+        "fit",
+        "--config",
+        args.config,
+        "--force",
+        "--data.train_file",
+        args.train_file,
+        "--data.val_file",
+        args.val_file,
+        "--data.test_file",
+        args.test_file,
+        "--data.norm_dict",
+        args.norm_dict,
+        "--data.class_dict",
+        args.class_dict,
+        "--data.num_train",
+        str(args.num_train),
+        "--data.batch_size",
+        str(args.batch_size),
+        "--trainer.max_epochs",
+        str(args.epochs),
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
     if args.num_val:
         fit += ["--data.num_val", str(args.num_val)]
     start = time.time()
     subprocess.run(fit, cwd=workdir, check=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     seconds = time.time() - start
     (run_dir,) = (workdir / "logs").iterdir()
-    subprocess.run([*common, "test", "--config", str(run_dir / "config.yaml"),
-                    "--trainer.enable_progress_bar", "false"],  # fmt: skip
-                   cwd=workdir, check=True)  # fmt: skip
+    subprocess.run(
+        [
+            *common,
+            "test",
+            "--config",
+            str(run_dir / "config.yaml"),
+            "--trainer.enable_progress_bar",
+            "false",
+        ],
+        cwd=workdir,
+        check=True,
+    )
     (predictions,) = (run_dir / "ckpts").glob("*__test_*.h5")
     with h5py.File(predictions) as f:
         jets = f["jets"][:]
     name = next(n[: -len("_pb")] for n in jets.dtype.names if n.endswith("_pb"))
-    disc = discriminant(*(jets[f"{name}_{p}"].astype(np.float64) for p in ("pb", "pc", "pu", "ptau")))
+    disc = discriminant(
+        *(jets[f"{name}_{p}"].astype(np.float64) for p in ("pb", "pc", "pu", "ptau"))
+    )
     return rejections(disc, jets["HadronConeExclTruthLabelID"]), seconds
 
 
@@ -95,8 +126,9 @@ def train_tree(args) -> tuple[dict, float]:
 
     x, y, _ = jet_features(args.train_file, args.num_train)
     start = time.time()
-    tree = HistGradientBoostingClassifier(max_iter=300, learning_rate=0.1, early_stopping=True,
-                                          random_state=0)  # fmt: skip
+    tree = HistGradientBoostingClassifier(
+        max_iter=300, learning_rate=0.1, early_stopping=True, random_state=0
+    )
     tree.fit(x, y)
     seconds = time.time() - start
     x_test, _, truth = jet_features(args.test_file, -1)
@@ -126,14 +158,23 @@ def main(argv: list[str] | None = None) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     tree, tree_s = train_tree(args)
     gn2, gn2_s = train_gn2(args, workdir)
-    print(f"\n{args.num_train} training jets, {args.epochs} epoch(s), batch {args.batch_size}; "
-          f"rejection at 70% b-jet efficiency on {Path(args.test_file).name}")  # fmt: skip
+    print(
+        f"\n{args.num_train} training jets, {args.epochs} epoch(s), batch {args.batch_size}; "
+        f"rejection at 70% b-jet efficiency on {Path(args.test_file).name}"
+    )
     print(f"{'model':<28}{'light rej.':>12}{'c rej.':>10}{'train s':>10}")
     print(f"{'GN2 (salt fit)':<28}{gn2['light_rej']:>12}{gn2['c_rej']:>10}{gn2_s:>10.0f}")
     print(f"{'gradient-boosted tree':<28}{tree['light_rej']:>12}{tree['c_rej']:>10}{tree_s:>10.0f}")
-    result = {"gn2": gn2, "tree": tree, "gn2_train_s": round(gn2_s, 1),
-              "tree_train_s": round(tree_s, 1), "num_train": args.num_train,
-              "epochs": args.epochs, "batch_size": args.batch_size, "workdir": str(workdir)}  # fmt: skip
+    result = {
+        "gn2": gn2,
+        "tree": tree,
+        "gn2_train_s": round(gn2_s, 1),
+        "tree_train_s": round(tree_s, 1),
+        "num_train": args.num_train,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "workdir": str(workdir),
+    }
     print(json.dumps(result))
     return result
 

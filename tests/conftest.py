@@ -25,12 +25,17 @@ def demo(tmp_path_factory) -> dict[str, Path]:
 def data_args(demo: dict[str, Path]) -> list[str]:
     """Command-line arguments pointing `salt` at the demo files."""
     return [
-        "--data.train_file", str(demo["train"]),
-        "--data.val_file", str(demo["val"]),
-        "--data.test_file", str(demo["test"]),
-        "--data.norm_dict", str(demo["norm_dict"]),
-        "--data.class_dict", str(demo["class_dict"]),
-    ]  # fmt: skip
+        "--data.train_file",
+        str(demo["train"]),
+        "--data.val_file",
+        str(demo["val"]),
+        "--data.test_file",
+        str(demo["test"]),
+        "--data.norm_dict",
+        str(demo["norm_dict"]),
+        "--data.class_dict",
+        str(demo["class_dict"]),
+    ]
 
 
 def run_salt(

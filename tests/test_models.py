@@ -177,7 +177,9 @@ def test_vertexing_targets_and_loss():
     vertex = torch.tensor([2, 2, 0, -1, -1, -1])
     logits, loss = task(x, layout, {"ftagTruthVertexIndex": vertex})
     i, j = layout.pairs()
-    target = torch.tensor([1.0 if (a, b) == (0, 1) else 0.0 for a, b in zip(i.tolist(), j.tolist())])
+    target = torch.tensor(
+        [1.0 if (a, b) == (0, 1) else 0.0 for a, b in zip(i.tolist(), j.tolist())]
+    )
     expected = F.binary_cross_entropy_with_logits(logits, target)
     torch.testing.assert_close(loss, expected)
     # the split first layer equals an MLP on [h_i, h_j]
@@ -195,7 +197,9 @@ def test_vertex_index_is_the_first_track_of_each_component():
     layout = Packed(valid)
     i, j = layout.pairs()
     linked = {(1, 3), (3, 4), (5, 7)}  # jet 0: {0}, {1,3,4}, {2}; jet 1: {0,2}, {1}
-    logits = torch.tensor([5.0 if (a, b) in linked else -5.0 for a, b in zip(i.tolist(), j.tolist())])
+    logits = torch.tensor(
+        [5.0 if (a, b) in linked else -5.0 for a, b in zip(i.tolist(), j.tolist())]
+    )
     assert vertex_index(logits, layout).tolist() == [0, 1, 2, 1, 1, 0, 1, 0]
 
 
@@ -207,8 +211,9 @@ def test_regression_losses_are_scaled():
     scaled = torch.tensor([1.0, -2.0])
     torch.testing.assert_close(loss, F.mse_loss(out[[0, 2], 0], scaled))
     torch.testing.assert_close(task.predictions(out, None)["values"], out * 2.0 + 10.0)
-    huber = RegressionTask("h", "jets", ["y"], {"input_size": 2}, scales={"y": [10.0, 2.0]},
-                           loss="huber")  # fmt: skip
+    huber = RegressionTask(
+        "h", "jets", ["y"], {"input_size": 2}, scales={"y": [10.0, 2.0]}, loss="huber"
+    )
     out, loss = huber(x, None, {"y": y})
     torch.testing.assert_close(loss, F.huber_loss(out[[0, 2], 0], scaled))
 
@@ -233,8 +238,13 @@ def make_model(encoder="transformer", constituents=("tracks",), attention="packe
     init = [{"input_name": c, "output_size": D, "hidden_layers": [D]} for c in constituents]
     torch.manual_seed(1)
     tasks = [
-        ClassificationTask("jets_classification", "jets", "flavour_label", {"input_size": 8},
-                           class_names=["bjets", "cjets", "ujets"]),  # fmt: skip
+        ClassificationTask(
+            "jets_classification",
+            "jets",
+            "flavour_label",
+            {"input_size": 8},
+            class_names=["bjets", "cjets", "ujets"],
+        ),
         ClassificationTask("track_origin", "tracks", "ftagTruthOriginLabel", {"input_size": 8}),
         VertexingTask("track_vertexing", "tracks", {"input_size": 8, "hidden_layers": [8]}),
     ]
@@ -283,8 +293,9 @@ def test_saltmodel_masks_empty_jets_and_layouts(encoder):
     # the padded-attention layout computes the same function
     padded_model = make_model(encoder, attention="padded")
     padded, _ = padded_model(inputs, valid)
-    torch.testing.assert_close(padded["jets_classification"], outputs["jets_classification"],
-                               rtol=1e-4, atol=1e-5)  # fmt: skip
+    torch.testing.assert_close(
+        padded["jets_classification"], outputs["jets_classification"], rtol=1e-4, atol=1e-5
+    )
 
 
 def test_export_path_equals_training_path_per_jet():
@@ -295,18 +306,21 @@ def test_export_path_equals_training_path_per_jet():
         n = valid["tracks"][b]
         one = {"jets": inputs["jets"][b : b + 1], "tracks": inputs["tracks"][b : b + 1, n]}
         single, _ = model(one)
-        torch.testing.assert_close(single["jets_classification"][0],
-                                   packed["jets_classification"][b], rtol=1e-4, atol=1e-5)  # fmt: skip
+        torch.testing.assert_close(
+            single["jets_classification"][0], packed["jets_classification"][b], rtol=1e-4, atol=1e-5
+        )
 
 
 def test_two_constituent_types_are_encoded_together():
     model = make_model(constituents=("tracks", "hits"))
     inputs, valid, labels = make_batch(constituents=("tracks", "hits"))
     outputs, losses = model(inputs, valid, labels)
+    assert set(losses) == {"jets_classification", "track_origin", "track_vertexing"}
     assert outputs["track_origin"].shape[0] == int(valid["tracks"].sum())
     padded, _ = make_model(constituents=("tracks", "hits"), attention="padded")(inputs, valid)
-    torch.testing.assert_close(padded["jets_classification"], outputs["jets_classification"],
-                               rtol=1e-4, atol=1e-5)  # fmt: skip
+    torch.testing.assert_close(
+        padded["jets_classification"], outputs["jets_classification"], rtol=1e-4, atol=1e-5
+    )
     # hits change the jet output: they are really encoded with the tracks
     other = {**inputs, "hits": inputs["hits"] + 1.0}
     moved, _ = model(other, valid)

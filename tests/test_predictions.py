@@ -21,11 +21,25 @@ def trained(demo, tmp_path_factory) -> Path:
     """A GN2 run folder with two epochs of checkpoints."""
     cwd = tmp_path_factory.mktemp("pred")
     run_salt(
-        ["fit", "--config", "configs/GN2.yaml", *data_args(demo), "--force",
-         "--data.num_train", "1500", "--data.num_val", "500", "--data.batch_size", "250",
-         "--trainer.max_epochs", "2", "--trainer.enable_model_summary", "false"],
+        [
+            "fit",
+            "--config",
+            "configs/GN2.yaml",
+            *data_args(demo),
+            "--force",
+            "--data.num_train",
+            "1500",
+            "--data.num_val",
+            "500",
+            "--data.batch_size",
+            "250",
+            "--trainer.max_epochs",
+            "2",
+            "--trainer.enable_model_summary",
+            "false",
+        ],
         cwd,
-    )  # fmt: skip
+    )
     (run_dir,) = (cwd / "logs").iterdir()
     return run_dir
 
@@ -38,9 +52,9 @@ def best_ckpt(run_dir: Path) -> Path:
 def test_sample_names_and_paths():
     assert sample_name("a/pp_output_test_ttbar.h5") == "ttbar"
     assert sample_name("pp_output_test.h5") == "pp_output_test"
-    assert output_path("r/ckpts/epoch=001-val_loss=0.5.ckpt", "x/pp_output_test_zprime.h5", "v2") == (
-        Path("r/ckpts/epoch=001-val_loss=0.5__test_zprime_v2.h5")
-    )
+    assert output_path(
+        "r/ckpts/epoch=001-val_loss=0.5.ckpt", "x/pp_output_test_zprime.h5", "v2"
+    ) == (Path("r/ckpts/epoch=001-val_loss=0.5__test_zprime_v2.h5"))
 
 
 def test_jets_file_for_puma_and_ftag(trained, demo):
@@ -57,7 +71,9 @@ def test_jets_file_for_puma_and_ftag(trained, demo):
     assert all(jets.dtype[p] == np.float32 for p in probs)
     total = sum(jets[p].astype(np.float64) for p in probs)
     np.testing.assert_allclose(total, 1.0, atol=1e-5)
-    np.testing.assert_array_equal(jets["HadronConeExclTruthLabelID"], truth["HadronConeExclTruthLabelID"])
+    np.testing.assert_array_equal(
+        jets["HadronConeExclTruthLabelID"], truth["HadronConeExclTruthLabelID"]
+    )
     np.testing.assert_array_equal(jets["pt"], truth["pt"])
     with h5py.File(path) as f:
         assert "tracks" not in f
@@ -81,13 +97,24 @@ def test_jets_file_for_puma_and_ftag(trained, demo):
 def test_tracks_half_precision_limits_and_suffix(trained, demo):
     ckpt = best_ckpt(trained)
     run_salt(
-        ["test", "--config", str(trained / "config.yaml"), "--ckpt_path", str(ckpt),
-         "--data.num_test", "300", "--data.test_suff", "half",
-         "--trainer.callbacks+=salt.callbacks.PredictionWriter",
-         "--trainer.callbacks.write_tracks", "true",
-         "--trainer.callbacks.half_precision", "true"],
+        [
+            "test",
+            "--config",
+            str(trained / "config.yaml"),
+            "--ckpt_path",
+            str(ckpt),
+            "--data.num_test",
+            "300",
+            "--data.test_suff",
+            "half",
+            "--trainer.callbacks+=salt.callbacks.PredictionWriter",
+            "--trainer.callbacks.write_tracks",
+            "true",
+            "--trainer.callbacks.half_precision",
+            "true",
+        ],
         trained.parent.parent,
-    )  # fmt: skip
+    )
     path = ckpt.parent / f"{ckpt.stem}__test_ttbar_half.h5"
     with h5py.File(path) as f:
         jets, tracks = f["jets"][:], f["tracks"][:]

@@ -44,12 +44,27 @@ def rejection_at(signal: np.ndarray, background: np.ndarray, efficiency: float) 
 @pytest.mark.parametrize("config", SHIPPED_CONFIGS)
 def test_shipped_config_trains(config, demo, tmp_path):
     run_salt(
-        ["fit", "--config", f"configs/{config}.yaml", *data_args(demo), "--force",
-         "--data.num_train", "3000", "--data.num_val", "500", "--data.batch_size", "100",
-         "--trainer.max_epochs", "2", "--trainer.enable_model_summary", "false",
-         "--trainer.enable_progress_bar", "false"],
+        [
+            "fit",
+            "--config",
+            f"configs/{config}.yaml",
+            *data_args(demo),
+            "--force",
+            "--data.num_train",
+            "3000",
+            "--data.num_val",
+            "500",
+            "--data.batch_size",
+            "100",
+            "--trainer.max_epochs",
+            "2",
+            "--trainer.enable_model_summary",
+            "false",
+            "--trainer.enable_progress_bar",
+            "false",
+        ],
         tmp_path,
-    )  # fmt: skip
+    )
     (run_dir,) = (tmp_path / "logs").iterdir()
     epochs = val_metrics(run_dir)
     assert len(epochs) == 2
@@ -68,17 +83,34 @@ def test_gn2_beats_the_best_single_track_cut(demo, tmp_path):
     """A short CPU training must already beat the classic single-track impact-parameter tagger."""
     test_files = write_demo_dataset(tmp_path / "big_test", num_jets=60_000, seed=7)
     run_salt(
-        ["fit", "--config", "configs/GN2.yaml", *data_args(demo), "--force",
-         "--data.batch_size", "100", "--trainer.max_epochs", "3",
-         "--trainer.enable_model_summary", "false", "--trainer.enable_progress_bar", "false"],
+        [
+            "fit",
+            "--config",
+            "configs/GN2.yaml",
+            *data_args(demo),
+            "--force",
+            "--data.batch_size",
+            "100",
+            "--trainer.max_epochs",
+            "3",
+            "--trainer.enable_model_summary",
+            "false",
+            "--trainer.enable_progress_bar",
+            "false",
+        ],
         tmp_path,
-    )  # fmt: skip
+    )
     (run_dir,) = (tmp_path / "logs").iterdir()
     run_salt(
-        ["test", "--config", str(run_dir / "config.yaml"),
-         "--data.test_file", str(test_files["test"])],
+        [
+            "test",
+            "--config",
+            str(run_dir / "config.yaml"),
+            "--data.test_file",
+            str(test_files["test"]),
+        ],
         tmp_path,
-    )  # fmt: skip
+    )
     (predictions,) = (run_dir / "ckpts").glob("*__test_ttbar.h5")
     with h5py.File(predictions) as f:
         jets = f["jets"][:]
@@ -95,7 +127,9 @@ def test_gn2_beats_the_best_single_track_cut(demo, tmp_path):
     cut_auc = auc(best_track[b], best_track[light])
     gn2_rej = rejection_at(discriminant[b], discriminant[light], 0.7)
     cut_rej = rejection_at(best_track[b], best_track[light], 0.7)
-    print(f"AUC GN2 {gn2_auc:.4f} vs cut {cut_auc:.4f}; light rej@70% {gn2_rej:.1f} vs {cut_rej:.1f}")
+    print(
+        f"AUC GN2 {gn2_auc:.4f} vs cut {cut_auc:.4f}; light rej@70% {gn2_rej:.1f} vs {cut_rej:.1f}"
+    )
     assert gn2_auc > cut_auc
     assert (1 - gn2_auc) < 0.9 * (1 - cut_auc)
     assert gn2_rej > 2 * cut_rej

@@ -21,8 +21,15 @@ from salt.models.layout import Packed
 
 # ftagTruthOriginLabel values 0..7
 TRACK_ORIGINS = [
-    "Pileup", "Fake", "Primary", "FromB", "FromBC", "FromC", "FromTau", "OtherSecondary",
-]  # fmt: skip
+    "Pileup",
+    "Fake",
+    "Primary",
+    "FromB",
+    "FromBC",
+    "FromC",
+    "FromTau",
+    "OtherSecondary",
+]
 
 
 class TaskBase(nn.Module):
