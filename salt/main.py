@@ -316,7 +316,7 @@ def _single_device(trainer) -> None:
                 "names several. Name one, e.g. --trainer.devices [0]."
             )
     elif str(devices) != "1":
-        print(f"Setting --trainer.devices 1 (was {devices}): one process writes the outputs")
+        print(f"Setting --trainer.devices=1 (was {devices}): one process writes the outputs")
         trainer.devices = 1
     trainer.num_nodes = 1
     trainer.strategy = "auto"
