@@ -9,20 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from salt.labels import TRACK_ORIGINS
+
 #: `HadronConeExclTruthLabelID` values of the jet flavours the report knows.
 FLAVOUR_IDS = {"bjets": 5, "cjets": 4, "ujets": 0, "taujets": 15}
-
-#: Class names of `ftagTruthOriginLabel`, in label order (GN2's track-origin auxiliary task).
-TRACK_ORIGINS = (
-    "Pileup",
-    "Fake",
-    "Primary",
-    "FromB",
-    "FromBC",
-    "FromC",
-    "FromTau",
-    "OtherSecondary",
-)
 
 
 def fractions_for(fc: float, ftau: float, has_ptau: bool) -> tuple[dict[str, float], list[str]]:

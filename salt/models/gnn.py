@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from salt.models.dense import activation as make_activation
+from salt.models.stack import LayerStack, feed_forward
 
 
 class GATv2Layer(nn.Module):
@@ -30,11 +30,7 @@ class GATv2Layer(nn.Module):
         self.att = nn.Parameter(torch.randn(num_heads, self.head_dim) / self.head_dim**0.5)
         self.out = nn.Linear(embed_dim, embed_dim)
         self.norm2 = nn.LayerNorm(embed_dim)
-        self.ff = nn.Sequential(
-            nn.Linear(embed_dim, 2 * embed_dim),
-            make_activation(activation),
-            nn.Linear(2 * embed_dim, embed_dim),
-        )
+        self.ff = feed_forward(embed_dim, 2 * embed_dim, activation, dropout)
         self.drop = nn.Dropout(dropout)
 
     def attention(self, x: Tensor, mask: Tensor | None) -> Tensor:
@@ -59,7 +55,7 @@ class GATv2Layer(nn.Module):
         return x + self.drop(self.ff(self.norm2(x)))
 
 
-class GATv2(nn.Module):
+class GATv2(LayerStack):
     """A stack of GATv2 layers with a final norm and optional output projection.
 
     Parameters
@@ -81,19 +77,5 @@ class GATv2(nn.Module):
         activation: str = "SiLU",
         dropout: float = 0.0,
     ):
-        super().__init__()
-        self.embed_dim = embed_dim
-        self.out_dim = out_dim or embed_dim
-        self.layers = nn.ModuleList(
-            GATv2Layer(embed_dim, num_heads, activation, dropout) for _ in range(num_layers)
-        )
-        self.final_norm = nn.LayerNorm(embed_dim)
-        self.out_proj = (
-            nn.Linear(embed_dim, self.out_dim) if self.out_dim != embed_dim else nn.Identity()
-        )
-
-    def forward(self, x: Tensor, layout) -> Tensor:
-        """(N, embed_dim) packed or (B, L, embed_dim) padded -> (..., out_dim)."""
-        for layer in self.layers:
-            x = layer(x, layout)
-        return self.out_proj(self.final_norm(x))
+        layers = [GATv2Layer(embed_dim, num_heads, activation, dropout) for _ in range(num_layers)]
+        super().__init__(layers, embed_dim, out_dim)

@@ -15,21 +15,10 @@ from torch import Tensor, nn
 
 from salt.data.yamldicts import load_norm_dict
 from salt.errors import SaltError
+from salt.labels import TRACK_ORIGINS
 from salt.models.dense import Dense
 from salt.models.dense import activation as make_activation
 from salt.models.layout import Packed
-
-# ftagTruthOriginLabel values 0..7
-TRACK_ORIGINS = [
-    "Pileup",
-    "Fake",
-    "Primary",
-    "FromB",
-    "FromBC",
-    "FromC",
-    "FromTau",
-    "OtherSecondary",
-]
 
 
 class TaskBase(nn.Module):
@@ -314,8 +303,12 @@ class RegressionTask(TaskBase):
         y, finite = self._scaled_targets(labels)
         if not finite.any():
             return out, _zero_loss(out)
+        return out, self._loss(out.float(), y, finite)
+
+    def _loss(self, out: Tensor, y: Tensor, finite: Tensor) -> Tensor:
+        """Mean loss over the finite targets; everything in scaled units."""
         fn = F.mse_loss if self.loss == "mse" else F.huber_loss
-        return out, fn(out.float()[finite], y[finite])
+        return fn(out[finite], y[finite])
 
     def predictions(self, output, layout):
         return {"values": output.float() * self.std + self.mean}
@@ -329,16 +322,10 @@ class GaussianRegressionTask(RegressionTask):
 
     n_outputs_per_target = 2
 
-    def forward(self, x, layout, labels=None):
-        out = self.net(x)
-        if labels is None:
-            return out, None
-        y, finite = self._scaled_targets(labels)
-        if not finite.any():
-            return out, _zero_loss(out)
-        mu, log_sigma = out.float().chunk(2, dim=-1)
+    def _loss(self, out: Tensor, y: Tensor, finite: Tensor) -> Tensor:
+        mu, log_sigma = out.chunk(2, dim=-1)
         nll = log_sigma + 0.5 * ((y - mu) / log_sigma.exp()) ** 2 + 0.5 * math.log(2 * math.pi)
-        return out, nll[finite].mean()
+        return nll[finite].mean()
 
     def predictions(self, output, layout):
         mu, log_sigma = output.float().chunk(2, dim=-1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from salt.models.attention import MultiheadAttention
-from salt.models.dense import activation as make_activation
+from salt.models.stack import LayerStack, feed_forward
 
 
 class EncoderLayer(nn.Module):
@@ -24,12 +24,7 @@ class EncoderLayer(nn.Module):
         self.norm1 = nn.LayerNorm(embed_dim)
         self.attn = MultiheadAttention(embed_dim, num_heads, attn_backend)
         self.norm2 = nn.LayerNorm(embed_dim)
-        self.ff = nn.Sequential(
-            nn.Linear(embed_dim, ff_dim),
-            make_activation(activation),
-            nn.Dropout(dropout),
-            nn.Linear(ff_dim, embed_dim),
-        )
+        self.ff = feed_forward(embed_dim, ff_dim, activation, dropout)
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, layout) -> Tensor:
@@ -37,7 +32,7 @@ class EncoderLayer(nn.Module):
         return x + self.drop(self.ff(self.norm2(x)))
 
 
-class Transformer(nn.Module):
+class Transformer(LayerStack):
     """A stack of pre-norm encoder layers.
 
     Parameters
@@ -74,22 +69,10 @@ class Transformer(nn.Module):
         final_norm: bool = True,
         attn_backend: str = "auto",
     ):
-        super().__init__()
-        self.embed_dim = embed_dim
-        self.out_dim = out_dim or embed_dim
-        self.layers = nn.ModuleList(
+        layers = [
             EncoderLayer(
                 embed_dim, num_heads, ff_dim or 2 * embed_dim, activation, dropout, attn_backend
             )
             for _ in range(num_layers)
-        )
-        self.final_norm = nn.LayerNorm(embed_dim) if final_norm else nn.Identity()
-        self.out_proj = (
-            nn.Linear(embed_dim, self.out_dim) if self.out_dim != embed_dim else nn.Identity()
-        )
-
-    def forward(self, x: Tensor, layout) -> Tensor:
-        """(N, embed_dim) packed or (B, L, embed_dim) padded -> (..., out_dim)."""
-        for layer in self.layers:
-            x = layer(x, layout)
-        return self.out_proj(self.final_norm(x))
+        ]
+        super().__init__(layers, embed_dim, out_dim, final_norm)
