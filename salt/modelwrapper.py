@@ -225,8 +225,3 @@ class ModelWrapper(L.LightningModule):
         if self._rng_to_restore is not None:
             _set_rng_states(self._rng_to_restore)
             self._rng_to_restore = None
-
-
-def strip_compile_prefix(state_dict: dict) -> dict:
-    """State dict keys of a model trained with --compile, as the plain model names them."""
-    return {k.replace("_orig_mod.", ""): v for k, v in state_dict.items()}
