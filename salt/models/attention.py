@@ -64,6 +64,22 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, backend: str = 
     return torch.softmax(scores, dim=-1) @ v
 
 
+def attend_varlen(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_len: int) -> Tensor:
+    """Flash attention over packed tokens: (N, H, d) each -> (N, H, d); CUDA and fp16/bf16 only.
+
+    `cu_seqlens` (B+1,) int32 holds where each jet's tokens start; jets never see each other.
+    """
+    from torch.nn.attention.varlen import varlen_attn
+
+    return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len)
+
+
+def varlen_usable(q: Tensor, backend: str) -> bool:
+    """Whether `attend_varlen` can serve this call (else the packed layout pads per batch)."""
+    half = q.dtype in (torch.float16, torch.bfloat16)  # flash kernels take no fp32
+    return backend in ("auto", "varlen") and q.is_cuda and half and varlen_available()
+
+
 class MultiheadAttention(nn.Module):
     """Self-attention among the constituents of each jet, in either layout.
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from salt.models.attention import attend, varlen_available
+from salt.models.attention import attend, attend_varlen, varlen_usable
 
 
 def _neg_fill(scores: Tensor) -> float:
@@ -97,14 +97,8 @@ class Packed:
         On a GPU the packed tokens go straight to varlen flash attention. Elsewhere they are padded
         to the batch's longest jet (not to the stored 40 slots), attended, and packed again.
         """
-        # flash kernels take half precision only: fp32 on a GPU goes the padded way
-        half = q.dtype in (torch.float16, torch.bfloat16)
-        if backend in ("auto", "varlen") and q.is_cuda and half and varlen_available():
-            from torch.nn.attention.varlen import varlen_attn
-
-            return varlen_attn(
-                q, k, v, self.cu_seqlens, self.cu_seqlens, self.max_len, self.max_len
-            )
+        if varlen_usable(q, backend):
+            return attend_varlen(q, k, v, self.cu_seqlens, self.max_len)
         (qp, mask), kp, vp = self.pad(q), self.pad(k)[0], self.pad(v)[0]
         # an empty jet would give a row with nothing to attend to: let it see its (zero) first
         # slot; its output is dropped by unpad anyway
