@@ -14,6 +14,7 @@ from salt.data.dataset import JetDataset
 from salt.data.h5files import open_h5, resolve_files
 from salt.data.yamldicts import load_class_weights
 from salt.errors import SaltError
+from salt.models.saltmodel import GLOBAL_EXTRAS
 
 CLASSIFICATION = "salt.models.tasks.ClassificationTask"
 REGRESSION = ("salt.models.tasks.RegressionTask", "salt.models.tasks.GaussianRegressionTask")
@@ -63,16 +64,22 @@ def derive(config, subcommand: str) -> None:
     global_object = data.global_object
     input_map = data.input_map or {}
 
-    # what the model needs to build its normalisation
+    # what the model needs to build its normalisation; jet-level extras (salt-ml's `global`)
+    # are read from, and normalised as, the global object's dataset
     model_args.variables = {k: list(v) for k, v in variables.items()}
     model_args.norm_dict = data.norm_dict
     model_args.input_map = dict(input_map)
+    if GLOBAL_EXTRAS in variables:
+        model_args.input_map[GLOBAL_EXTRAS] = input_map.get(global_object, global_object)
     model_args.global_object = global_object
     if data.norm_dict is None:
         raise SaltError("data.norm_dict is not set: point it to UPP's norm_dict.yaml.")
 
     labels: dict[str, list[str]] = {}
     label_classes: dict[str, dict[str, int]] = {}
+    label_maps: dict[str, dict[str, dict[int, int]]] = {}
+    labeller = data.get("labeller_config") or {}
+    relabelled = bool(labeller.get("use_labeller")) if isinstance(labeller, dict) else False
     ref = None
     for task in model_args.tasks or []:
         args = task.init_args
@@ -80,7 +87,11 @@ def derive(config, subcommand: str) -> None:
         input_name = args.get("input_name")
         if input_name is None:
             raise SaltError(f"task '{name}' has no input_name.")
-        fields = list(args.get("targets") or []) or [args.get("label")]
+        targets = args.get("targets") or []
+        targets = [targets] if isinstance(targets, str) else list(targets)
+        denominators = args.get("target_denominators") or []
+        denominators = [denominators] if isinstance(denominators, str) else list(denominators)
+        fields = [*targets, *denominators] or [args.get("label")]
         if _is(task, "VertexingTask") and args.get("label") is None:
             fields = ["ftagTruthVertexIndex"]
         for field in fields:
@@ -91,6 +102,17 @@ def derive(config, subcommand: str) -> None:
         if not _is(task, CLASSIFICATION):
             continue
         label = args.get("label")
+        if relabelled and input_name == global_object and label == "flavour_label":
+            # the labeller defines the classes (salt.data.labeller)
+            args.class_names = list(labeller.get("class_names") or [])
+        if args.get("label_map"):
+            mapping = {int(k): int(v) for k, v in dict(args.label_map).items()}
+            known = label_maps.setdefault(input_name, {}).setdefault(label, mapping)
+            if known != mapping:
+                raise SaltError(
+                    f"task '{name}': {input_name}.{label} has another label_map in a second "
+                    "task; two tasks on one label must map it the same way."
+                )
         if args.get("class_names") is None and label != "ftagTruthOriginLabel":
             ref = ref or reference_file(data, subcommand)
             if ref is None:
@@ -111,6 +133,8 @@ def derive(config, subcommand: str) -> None:
             )
     data.labels = labels
     data.label_classes = label_classes
+    if label_maps:
+        data.label_maps = label_maps
 
 
 def check_inputs(config, subcommand: str) -> None:

@@ -269,6 +269,21 @@ def _build_cli_class():
     return SaltCLI
 
 
+@contextlib.contextmanager
+def _translated(argv: list[str]):
+    """`argv` with salt-ml config files replaced by translations that live as long as the block."""
+    import shutil
+    import tempfile
+
+    from salt.saltml import translate_config_args
+
+    workdir = Path(tempfile.mkdtemp(prefix="salt_translated_"))
+    try:
+        yield translate_config_args(argv, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def build(args: list[str]):
     """Parse `args` as `salt fit` would (base.yaml first, derived settings) and build the objects.
 
@@ -278,7 +293,8 @@ def build(args: list[str]):
     >>> cli = build(["--config", "configs/GN2.yaml", "--data.batch_size", "100"])
     """
     _tune_malloc()
-    return _build_cli_class()(list(_resolve_config_paths(args)), run=False)
+    with _translated(_resolve_config_paths(args)) as argv:
+        return _build_cli_class()(argv, run=False)
 
 
 def _as_list(value) -> list:
@@ -407,6 +423,15 @@ def main(args: list[str] | None = None) -> None:
 
         plot_main(argv[1:])
         return
+    if argv[:1] == ["migrate-config"]:
+        from salt.saltml import migrate_main
+
+        try:
+            migrate_main(argv[1:])
+        except SaltError as err:
+            print(f"salt: error: {err}", file=sys.stderr)
+            sys.exit(2)
+        return
     argv = _resolve_config_paths(argv)
     wants_help = any(a in ("-h", "--help") for a in argv)
     if wants_help and (text := helpcache.cached(argv)) is not None:
@@ -431,9 +456,10 @@ def main(args: list[str] | None = None) -> None:
             if not cacheable:
                 code = 2
         else:
-            # Lightning's CLI reads sys.argv; hand it the resolved arguments there
-            sys.argv = [sys.argv[0], *argv]
-            cli_class(None)
+            with _translated(argv) as translated:
+                # Lightning's CLI reads sys.argv; hand it the resolved arguments there
+                sys.argv = [sys.argv[0], *translated]
+                cli_class(None)
     except SaltError as err:
         print(f"salt: error: {err}", file=sys.stderr)
         code = 2

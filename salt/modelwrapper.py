@@ -19,6 +19,8 @@ from salt.models.tasks import ClassificationTask
 log = logging.getLogger(__name__)
 
 LRS_KEYS = ("initial", "max", "end", "pct_start", "weight_decay")
+OPTIMIZERS = ("AdamW", "lion")
+LOSS_MODES = ("wsum", "GLS")
 
 
 class OneCycle(LRScheduler):
@@ -92,21 +94,41 @@ class ModelWrapper(L.LightningModule):
     model
         The SaltModel.
     lrs_config
-        ``{initial, max, end, pct_start, weight_decay}`` of the AdamW one-cycle schedule.
+        ``{initial, max, end, pct_start, weight_decay}`` of the one-cycle schedule.
     name
         Model name: prefixes the written predictions (``GN2_pb``) and names the run folder.
+    optimizer
+        ``AdamW``, or ``lion`` (Chen et al., arXiv:2302.06675, from the lion-pytorch package;
+        it usually wants a smaller learning rate than AdamW).
+    loss_mode
+        How task losses combine: ``wsum``, the loss-weighted sum; or ``GLS`` (geometric loss
+        strategy), the geometric mean of the weighted losses, which balances tasks whose losses
+        differ in scale: each task's gradient is scaled by the inverse of its own loss.
     """
 
-    def __init__(self, model: SaltModel, lrs_config: dict[str, float], name: str = "salt"):
+    def __init__(
+        self,
+        model: SaltModel,
+        lrs_config: dict[str, float],
+        name: str = "salt",
+        optimizer: str = "AdamW",
+        loss_mode: str = "wsum",
+    ):
         super().__init__()
         missing = [k for k in LRS_KEYS if k not in lrs_config]
         unknown = [k for k in lrs_config if k not in LRS_KEYS]
         if missing or unknown:
             found = f"lacks {missing}" if missing else f"has unknown keys {unknown}"
             raise SaltError(f"model.lrs_config {found}; it takes exactly {list(LRS_KEYS)}.")
+        if optimizer not in OPTIMIZERS:
+            raise SaltError(f"model.optimizer '{optimizer}' is not one of {list(OPTIMIZERS)}.")
+        if loss_mode not in LOSS_MODES:
+            raise SaltError(f"model.loss_mode '{loss_mode}' is not one of {list(LOSS_MODES)}.")
         self.model = model
         self.lrs_config = dict(lrs_config)
         self.name = name
+        self.optimizer_name = optimizer
+        self.loss_mode = loss_mode
         self._rng_to_restore: dict | None = None
         if self.jet_task is not None:
             from torchmetrics.classification import BinaryAUROC, MulticlassAccuracy
@@ -133,7 +155,7 @@ class ModelWrapper(L.LightningModule):
             if (self.model.global_object in batch["inputs"])
             else next(iter(batch["valid"].values())).shape[0]
         )
-        total = sum(t.loss_weight * losses[t.name] for t in self.model.tasks if t.name in losses)
+        total = self.total_loss(losses)
         sync = stage != "train"
         for name, loss in losses.items():
             self.log(f"{stage}/{name}_loss", loss, batch_size=n_jets, sync_dist=sync)
@@ -142,6 +164,15 @@ class ModelWrapper(L.LightningModule):
             # the un-prefixed name is what checkpoint file names and monitors use
             self.log("val_loss", total, batch_size=n_jets, sync_dist=True, logger=False)
         return outputs, total
+
+    def total_loss(self, losses: dict[str, Tensor]) -> Tensor:
+        """The loss that is minimised: the tasks' weighted losses, summed or (GLS) their
+        geometric mean."""
+        weighted = [t.loss_weight * losses[t.name] for t in self.model.tasks if t.name in losses]
+        if self.loss_mode == "GLS":
+            # exp(mean(log)) rather than a product: twelve small losses underflow a product
+            return torch.stack(weighted).clamp(min=1e-12).log().mean().exp()
+        return sum(weighted)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         return self._shared_step(batch, "train")[1]
@@ -167,10 +198,10 @@ class ModelWrapper(L.LightningModule):
             self.log("val/b_vs_light_auc", self.val_auc, on_epoch=True, batch_size=len(labels))
 
     def test_step(self, batch: dict, batch_idx: int) -> dict:
-        return self.model.predict(batch["inputs"], batch["valid"])
+        return self.model.predict(batch["inputs"], batch["valid"], batch.get("labels"))
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        return self.model.predict(batch["inputs"], batch["valid"])
+        return self.model.predict(batch["inputs"], batch["valid"], batch.get("labels"))
 
     # ----------------------------------------------------------------------------- optimiser
     def total_steps(self) -> int:
@@ -178,9 +209,14 @@ class ModelWrapper(L.LightningModule):
 
     def configure_optimizers(self):
         cfg = self.lrs_config
-        optimizer = torch.optim.AdamW(
-            self.parameters(), lr=cfg["initial"], weight_decay=cfg["weight_decay"]
-        )
+        if self.optimizer_name == "lion":
+            from lion_pytorch import Lion
+
+            optimizer = Lion(self.parameters(), lr=cfg["initial"], weight_decay=cfg["weight_decay"])
+        else:
+            optimizer = torch.optim.AdamW(
+                self.parameters(), lr=cfg["initial"], weight_decay=cfg["weight_decay"]
+            )
         # Sized in on_train_start. Asking the trainer for its total steps here would build the
         # training dataloader before a checkpoint's loop state is restored, and Lightning would
         # then never hand the loader its mid-epoch position: a resumed epoch would start over.

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from salt.models.stack import LayerStack, feed_forward
+from salt.models.stack import FeedForward, LayerStack
 
 
 class GATv2Layer(nn.Module):
@@ -30,7 +30,7 @@ class GATv2Layer(nn.Module):
         self.att = nn.Parameter(torch.randn(num_heads, self.head_dim) / self.head_dim**0.5)
         self.out = nn.Linear(embed_dim, embed_dim)
         self.norm2 = nn.LayerNorm(embed_dim)
-        self.ff = feed_forward(embed_dim, 2 * embed_dim, activation, dropout)
+        self.ff = FeedForward(embed_dim, 2 * embed_dim, activation, dropout)
         self.drop = nn.Dropout(dropout)
 
     def attention(self, x: Tensor, mask: Tensor | None) -> Tensor:

@@ -32,20 +32,42 @@ class Packed:
     Parameters
     ----------
     valid
-        (B, T) bool, True for a real constituent.
+        (B, T) bool, True for a real constituent; the packed order is slot order within a jet.
+    lengths
+        (B,) constituents per jet, instead of `valid` (for token sets that `SaltModel` builds,
+        such as several constituent types and registers merged per jet).
+    n_tokens, max_len
+        N and the longest jet, when the caller knows them (reading them off a device tensor
+        waits for the device).
+    width
+        Slots per jet of the padded form (default: T of `valid`, else the longest jet).
     """
 
-    def __init__(self, valid: Tensor):
+    def __init__(
+        self,
+        valid: Tensor | None = None,
+        *,
+        lengths: Tensor | None = None,
+        n_tokens: int | None = None,
+        max_len: int | None = None,
+        width: int | None = None,
+    ):
+        if (valid is None) == (lengths is None):
+            raise ValueError("Packed takes exactly one of valid and lengths")
         self.valid = valid
-        self.n_jets = valid.shape[0]
-        self.lengths = valid.sum(1)  # (B,)
+        self.lengths = valid.sum(1) if valid is not None else lengths  # (B,)
+        self.n_jets = self.lengths.shape[0]
         self.cu_seqlens = F.pad(self.lengths.cumsum(0), (1, 0)).to(torch.int32)  # (B+1,)
-        self.n_tokens = int(self.cu_seqlens[-1])
-        self.max_len = int(self.lengths.max()) if self.n_jets else 0
-        jets = torch.arange(self.n_jets, device=valid.device)
+        self.n_tokens = int(self.cu_seqlens[-1]) if n_tokens is None else n_tokens
+        if max_len is None:
+            max_len = int(self.lengths.max()) if self.n_jets else 0
+        self.max_len = max_len
+        self.width = width or (valid.shape[1] if valid is not None else max_len)
+        device = self.lengths.device
+        jets = torch.arange(self.n_jets, device=device)
         self.batch = torch.repeat_interleave(jets, self.lengths, output_size=self.n_tokens)  # (N,)
         self.position = (
-            torch.arange(self.n_tokens, device=valid.device) - self.cu_seqlens[self.batch].long()
+            torch.arange(self.n_tokens, device=device) - self.cu_seqlens[self.batch].long()
         )  # (N,)
         self._pairs: tuple[Tensor, Tensor] | None = None
 
@@ -91,13 +113,15 @@ class Packed:
         e = torch.exp(scores - peak[self.batch])
         return e / self.sum(e)[self.batch]
 
-    def attention(self, q: Tensor, k: Tensor, v: Tensor, backend: str = "auto") -> Tensor:
+    def attention(
+        self, q: Tensor, k: Tensor, v: Tensor, backend: str = "auto", dropout: float = 0.0
+    ) -> Tensor:
         """(N, H, d) each -> (N, H, d): attention among the constituents of each jet.
 
         On a GPU the packed tokens go straight to varlen flash attention. Elsewhere they are padded
         to the batch's longest jet (not to the stored 40 slots), attended, and packed again.
         """
-        if varlen_usable(q, backend):
+        if varlen_usable(q, backend, dropout):
             return attend_varlen(q, k, v, self.cu_seqlens, self.max_len)
         (qp, mask), kp, vp = self.pad(q), self.pad(k)[0], self.pad(v)[0]
         # an empty jet would give a row with nothing to attend to: let it see its (zero) first
@@ -110,13 +134,14 @@ class Packed:
             vp.transpose(1, 2),
             mask,
             "math" if backend == "math" else "sdpa",
+            dropout,
         )
         return self.unpad(out.transpose(1, 2))
 
     def pairs(self) -> tuple[Tensor, Tensor]:
         """Token indices (i, j), i < j, of every pair of constituents within the same jet."""
         if self._pairs is None:
-            device = self.valid.device
+            device = self.lengths.device
             upper = torch.triu_indices(self.max_len, self.max_len, 1, device=device)
             keep = upper[1][None, :] < self.lengths[:, None]  # (B, Q)
             jet, q = keep.nonzero(as_tuple=True)
@@ -172,8 +197,11 @@ class Padded:
             weights = weights * self.mask[..., None].to(weights.dtype)
         return weights
 
-    def attention(self, q: Tensor, k: Tensor, v: Tensor, backend: str = "auto") -> Tensor:
+    def attention(
+        self, q: Tensor, k: Tensor, v: Tensor, backend: str = "auto", dropout: float = 0.0
+    ) -> Tensor:
         """(B, L, H, d) each -> (B, L, H, d)."""
         backend = "sdpa" if backend in ("auto", "varlen") else backend
-        out = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), self.mask, backend)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        out = attend(q, k, v, self.mask, backend, dropout)
         return out.transpose(1, 2)

@@ -1,7 +1,7 @@
 """SaltModel: input normalisation, embeddings, encoder, pooling and tasks, assembled from config.
 
 Shapes: B jets; per constituent type, T stored slots, N valid constituents (packed) or L slots
-(padded); D token features.
+(padded); D token features; R registers per jet.
 
 Two ways in, one code path:
 
@@ -9,6 +9,10 @@ Two ways in, one code path:
   dataloader delivers them (padded (B, T, F) inputs with `valid` are packed on entry);
 * export: padded (B, L, F) inputs and no `valid`: every slot is a constituent (one jet of n
   tracks, as a C++ client runs the ONNX model).
+
+Several constituent types (tracks, flows, electrons, ...) are embedded by their own init nets and
+merged jet by jet into one token set, followed by the encoder's registers; the encoder sees each
+jet's tokens together, and every type's tokens are picked out again for its tasks.
 """
 
 from __future__ import annotations
@@ -20,9 +24,11 @@ from salt.errors import SaltError
 from salt.models.initnet import InitNet
 from salt.models.inputnorm import InputNorm
 from salt.models.layout import Packed, Padded
-from salt.models.tasks import TaskBase
+from salt.models.tasks import RegressionTask, TaskBase
 
 ATTENTION_LAYOUTS = ("packed", "padded")
+# jet-level inputs other than the global object's own: joined to the pooled jet vector
+GLOBAL_EXTRAS = "global"
 
 
 class SaltModel(nn.Module):
@@ -35,13 +41,15 @@ class SaltModel(nn.Module):
         activation: SiLU, attach_global: true}``. The input size follows from the variables.
         A model with only the jet-level init net (DL1) has no encoder and no pooling.
     tasks
-        The tasks, each reading the pooled jet vector or the tokens of one constituent type.
+        The tasks, each reading the jet representation or the tokens of one constituent type.
     encoder
-        Transformer, GATv2 or DeepSets over the constituents of all types together.
+        Transformer, GATv2 or DeepSets over the constituents of all types together; none: the
+        init nets' embeddings are pooled directly (DIPS as salt-ml builds it).
     pool_net
         Pooling from constituents to one vector per jet.
     variables
-        Input variables per object type (filled in by `salt` from data.variables).
+        Input variables per object type (filled in by `salt` from data.variables). Variables
+        under ``global`` are jet variables joined to the pooled vector after the encoder.
     norm_dict
         UPP's norm_dict.yaml (filled in by `salt` from data.norm_dict); None: no normalisation.
     input_map
@@ -88,6 +96,11 @@ class SaltModel(nn.Module):
         for config in init_nets:
             config = dict(config)
             name = config.pop("input_name", None)
+            if name == GLOBAL_EXTRAS:
+                raise SaltError(
+                    "an init net for 'global': variables under data.variables.global are joined "
+                    "to the pooled jet vector, not embedded; remove that init net."
+                )
             if name not in self.variables:
                 raise SaltError(
                     f"init net for '{name}': data.variables has no '{name}' (it has "
@@ -108,43 +121,79 @@ class SaltModel(nn.Module):
         self.encoder = encoder
         self.pool_net = pool_net
         self.tasks = nn.ModuleList(tasks)
+        self.num_registers = int(getattr(encoder, "num_registers", 0) or 0)
+        self.drop_registers = bool(getattr(encoder, "drop_registers", False))
         self._check_sizes()
 
     # ----------------------------------------------------------------------------- checks
+    @property
+    def jet_size(self) -> int:
+        """Features of the jet representation that jet tasks and `context_size` refer to."""
+        if self.constituents:
+            size = self.pool_net.output_size
+        else:
+            size = self.init_nets[self.global_object].output_size
+        return size + len(self.variables.get(GLOBAL_EXTRAS, []))
+
     def _check_sizes(self) -> None:
         names = [t.name for t in self.tasks]
         if len(set(names)) != len(names):
             raise SaltError(f"task names must be unique, got {names}.")
-        if not self.constituents:
-            jet_size = self.init_nets[self.global_object].output_size
-            token_size = None
-        else:
-            if self.encoder is None or self.pool_net is None:
-                raise SaltError("a model with constituents needs an encoder and a pool_net.")
-            for name in self.constituents:
-                if self.init_nets[name].output_size != self.encoder.embed_dim:
-                    raise SaltError(
-                        f"init net '{name}' has output_size {self.init_nets[name].output_size} "
-                        f"but the encoder's embed_dim is {self.encoder.embed_dim}; make them equal."
-                    )
-            token_size = self.encoder.out_dim
+        token_size = None
+        if self.constituents:
+            if self.pool_net is None:
+                raise SaltError("a model with constituents needs a pool_net.")
+            sizes = {n: self.init_nets[n].output_size for n in self.constituents}
+            if self.encoder is not None:
+                for name, size in sizes.items():
+                    if size != self.encoder.embed_dim:
+                        raise SaltError(
+                            f"init net '{name}' has output_size {size} but the encoder's "
+                            f"embed_dim is {self.encoder.embed_dim}; make them equal."
+                        )
+                token_size = self.encoder.out_dim
+            elif len(set(sizes.values())) > 1:
+                raise SaltError(
+                    f"init nets of several constituent types feed the pooling directly, so "
+                    f"their output sizes must agree: {sizes}."
+                )
+            else:
+                token_size = next(iter(sizes.values()))
             if self.pool_net.input_size != token_size:
                 raise SaltError(
-                    f"pool_net input_size {self.pool_net.input_size} differs from the encoder's "
-                    f"out_dim {token_size}."
+                    f"pool_net input_size {self.pool_net.input_size} differs from the "
+                    f"{'encoder out_dim' if self.encoder is not None else 'embedding'} "
+                    f"{token_size}."
                 )
-            jet_size = self.pool_net.output_size
+        elif self.encoder is not None:
+            raise SaltError("an encoder needs constituents (init nets besides the jets').")
+        jet_size = self.jet_size
         for task in self.tasks:
-            expected = jet_size if task.input_name == self.global_object else token_size
-            if task.input_name not in (self.global_object, *self.constituents):
+            on_jets = task.input_name == self.global_object
+            if not on_jets and task.input_name not in self.constituents:
                 raise SaltError(
                     f"task '{task.name}' reads '{task.input_name}', which is not an input of "
                     "this model."
                 )
+            expected = jet_size if on_jets else token_size
             if task.input_size != expected:
+                extra = ""
+                if on_jets and GLOBAL_EXTRAS in self.variables:
+                    n = len(self.variables[GLOBAL_EXTRAS])
+                    extra = f" (the pooled vector plus {n} global variables)"
                 raise SaltError(
                     f"task '{task.name}' has dense_config.input_size {task.input_size}, but "
-                    f"'{task.input_name}' is represented by {expected} features here."
+                    f"'{task.input_name}' is represented by {expected} features here{extra}."
+                )
+            if task.context_size and (on_jets or task.context_size != jet_size):
+                raise SaltError(
+                    f"task '{task.name}' has dense_config.context_size {task.context_size}: "
+                    + (
+                        "a jet task has no context; remove it."
+                        if on_jets
+                        else f"the jet representation joined to each constituent has "
+                        f"{jet_size} features."
+                    )
                 )
 
     # ----------------------------------------------------------------------------- forward
@@ -169,34 +218,65 @@ class SaltModel(nn.Module):
             layouts[name] = layout
         return jets, tokens, layouts
 
-    def _merge(self, tokens, layouts, valid):
-        """All constituent types in one token set, jet by jet; and where each type went."""
-        if len(self.constituents) == 1:
+    def _merge(self, tokens: dict[str, Tensor], layouts: dict, valid) -> tuple:
+        """All constituent types and the registers in one token set, jet by jet.
+
+        Returns the merged tokens, their layout, where each type's tokens went (None: the merged
+        set is that type's own), and the tokens and layout the pooling reads.
+        """
+        n_reg = self.num_registers
+        if len(self.constituents) == 1 and not n_reg:
             name = self.constituents[0]
-            return tokens[name], layouts[name], {name: None}
-        if valid is None:  # padded: types side by side along the slot axis
-            x = torch.cat([tokens[n] for n in self.constituents], dim=1)
-            bounds, start = {}, 0
+            return tokens[name], layouts[name], {name: None}, None, layouts[name]
+        if valid is None:  # padded: types side by side along the slot axis, registers last
+            parts = [tokens[n] for n in self.constituents]
+            if n_reg:
+                parts.append(self.encoder.registers.expand(parts[0].shape[0], -1, -1))
+            x = torch.cat(parts, dim=1)
+            where, start = {}, 0
             for n in self.constituents:
-                bounds[n] = slice(start, start + tokens[n].shape[1])
+                where[n] = slice(start, start + tokens[n].shape[1])
                 start += tokens[n].shape[1]
-            return x, Padded(None), bounds
-        combined = torch.cat([valid[n] for n in self.constituents], dim=1)
-        layout = Packed(combined)
-        index = torch.zeros(combined.shape, dtype=torch.long, device=combined.device)
-        index[combined] = torch.arange(layout.n_tokens, device=combined.device)
-        x = tokens[self.constituents[0]].new_empty((layout.n_tokens, self.encoder.embed_dim))
-        where, start = {}, 0
+            pool = slice(0, start) if n_reg and self.drop_registers else None
+            return x, Padded(None), where, pool, Padded(None)
+
+        first = layouts[self.constituents[0]]
+        device, n_jets = first.lengths.device, first.n_jets
+        lengths = sum(layouts[n].lengths for n in self.constituents)
+        n_real = sum(layouts[n].n_tokens for n in self.constituents)
+        width = sum(layouts[n].width for n in self.constituents)
+        real = Packed(lengths=lengths, n_tokens=n_real, width=width)
+        if n_reg:
+            merged = Packed(lengths=lengths + n_reg, n_tokens=n_real + n_jets * n_reg,
+                            max_len=real.max_len + n_reg, width=width + n_reg)  # fmt: skip
+        else:
+            merged = real
+        start = merged.cu_seqlens.long()
+        offset = torch.zeros(n_jets, dtype=torch.long, device=device)
+        some = tokens[self.constituents[0]]
+        x = some.new_empty((merged.n_tokens, some.shape[-1]))
+        where = {}
         for n in self.constituents:
-            width = valid[n].shape[1]
-            where[n] = index[:, start : start + width][valid[n]]
+            layout = layouts[n]
+            where[n] = start[layout.batch] + offset[layout.batch] + layout.position
             x[where[n]] = tokens[n]
-            start += width
-        return x, layout, where
+            offset = offset + layout.lengths
+        if not n_reg:
+            return x, merged, where, None, merged
+        registers = self.encoder.registers  # (R, D)
+        slots = (start[:-1] + offset)[:, None] + torch.arange(n_reg, device=device)  # (B, R)
+        x[slots.reshape(-1)] = registers.expand(n_jets, -1, -1).reshape(-1, registers.shape[-1])
+        if not self.drop_registers:
+            return x, merged, where, None, merged
+        # real tokens stay at the front of each jet: their merged index is the jet start + position
+        pool = start[real.batch] + real.position
+        return x, merged, where, pool, real
 
     def _encode(self, x: Tensor, layout) -> Tensor:
+        if self.encoder is None:
+            return x
         if self.attention == "padded" and isinstance(layout, Packed):
-            padded, mask = layout.pad(x, length=layout.valid.shape[1])
+            padded, mask = layout.pad(x, length=layout.width)
             return layout.unpad(self.encoder(padded, Padded(mask)))
         return self.encoder(x, layout)
 
@@ -204,21 +284,27 @@ class SaltModel(nn.Module):
         """Task outputs, losses (when `labels` are given) and the layout each task read."""
         jets, tokens, layouts = self._embed(inputs, valid)
         if self.constituents:
-            x, layout, where = self._merge(tokens, layouts, valid)
+            x, layout, where, pool, pool_layout = self._merge(tokens, layouts, valid)
             x = self._encode(x, layout)
-            pooled = self.pool_net(x, layout)
+            if pool is None:
+                pooled = self.pool_net(x, pool_layout)
+            else:
+                pooled = self.pool_net(x[:, pool] if valid is None else x[pool], pool_layout)
             for name, place in where.items():
-                tokens[name] = x if place is None else x[place]
+                tokens[name] = x if place is None else (x[:, place] if valid is None else x[place])
         else:
             pooled = self.init_nets[self.global_object](jets)
+        if GLOBAL_EXTRAS in self.variables:
+            pooled = torch.cat([pooled, self.norms[GLOBAL_EXTRAS](inputs[GLOBAL_EXTRAS])], -1)
         outputs, losses, task_layouts = {}, {}, {}
         for task in self.tasks:
             if task.input_name == self.global_object:
-                features, layout = pooled, None
+                features, layout, context = pooled, None, None
             else:
                 features, layout = tokens[task.input_name], layouts[task.input_name]
+                context = pooled if task.context_size else None
             task_labels = labels.get(task.input_name) if labels is not None else None
-            outputs[task.name], loss = task(features, layout, task_labels)
+            outputs[task.name], loss = task(features, layout, task_labels, context)
             task_layouts[task.name] = layout
             if loss is not None:
                 losses[task.name] = loss
@@ -234,10 +320,46 @@ class SaltModel(nn.Module):
         outputs, losses, _ = self.run(inputs, valid, labels)
         return outputs, losses
 
+    def task_predictions(
+        self,
+        outputs: dict[str, Tensor],
+        layouts: dict,
+        inputs: dict[str, Tensor],
+        labels: dict[str, dict[str, Tensor]] | None = None,
+    ) -> dict[str, dict[str, Tensor]]:
+        """Writable predictions per task (probabilities, values, vertex indices) from `run`.
+
+        A regression target divided by a denominator during training is multiplied back: by the
+        denominator's raw input value when it is an input variable (so the exported graph does it
+        too), else by its label.
+        """
+        out = {}
+        for task in self.tasks:
+            scale = None
+            if isinstance(task, RegressionTask) and task.target_denominators:
+                scale = self._denominators(task, inputs, labels)
+            out[task.name] = task.predictions(outputs[task.name], layouts[task.name], scale)
+        return out
+
+    def _denominators(self, task: RegressionTask, inputs, labels) -> Tensor | None:
+        names = self.variables.get(task.input_name, [])
+        columns = []
+        for denominator in task.target_denominators:
+            if denominator in names:
+                columns.append(inputs[task.input_name][..., names.index(denominator)])
+            elif labels is not None and denominator in labels.get(task.input_name, {}):
+                columns.append(labels[task.input_name][denominator].float())
+            else:
+                return None
+        return torch.stack(columns, -1)
+
     @torch.no_grad()
     def predict(
-        self, inputs: dict[str, Tensor], valid: dict[str, Tensor] | None = None
+        self,
+        inputs: dict[str, Tensor],
+        valid: dict[str, Tensor] | None = None,
+        labels: dict[str, dict[str, Tensor]] | None = None,
     ) -> dict[str, dict[str, Tensor]]:
         """Writable predictions per task: probabilities, values, vertex indices."""
         outputs, _, layouts = self.run(inputs, valid)
-        return {t.name: t.predictions(outputs[t.name], layouts[t.name]) for t in self.tasks}
+        return self.task_predictions(outputs, layouts, inputs, labels)

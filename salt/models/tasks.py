@@ -32,6 +32,8 @@ class TaskBase(nn.Module):
         The object whose representation the head reads (``jets``, ``tracks``, ...).
     dense_config
         Keyword arguments of the head's `Dense` (input_size, hidden_layers, activation, ...).
+        ``context_size``: a constituent task also reads the jet representation (the pooled
+        vector, with any global variables), joined to each constituent's features; give its size.
     loss_weight
         Weight of this task's loss in the total.
     """
@@ -42,10 +44,24 @@ class TaskBase(nn.Module):
         self.input_name = input_name
         self.loss_weight = loss_weight
         self.dense_config = dict(dense_config)
+        self.context_size = int(self.dense_config.pop("context_size", 0) or 0)
 
     @property
     def input_size(self) -> int:
         return int(self.dense_config["input_size"])
+
+    def _head_config(self) -> dict:
+        """The Dense arguments of a head that reads the features joined with the context."""
+        config = dict(self.dense_config)
+        config["input_size"] = self.input_size + self.context_size
+        return config
+
+    @staticmethod
+    def with_context(x: Tensor, layout, context: Tensor | None) -> Tensor:
+        """(..., D) features joined with each one's jet representation (B, C): (..., D + C)."""
+        if context is None:
+            return x
+        return torch.cat([x, layout.per_token(context, x)], dim=-1)
 
     @property
     def label_fields(self) -> list[str]:
@@ -53,12 +69,16 @@ class TaskBase(nn.Module):
         raise NotImplementedError
 
     def forward(
-        self, x: Tensor, layout, labels: dict[str, Tensor] | None = None
+        self,
+        x: Tensor,
+        layout,
+        labels: dict[str, Tensor] | None = None,
+        context: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """Head output and, when labels are given, the loss."""
         raise NotImplementedError
 
-    def predictions(self, output: Tensor, layout) -> dict[str, Tensor]:
+    def predictions(self, output: Tensor, layout, scale: Tensor | None = None) -> dict[str, Tensor]:
         """Outputs to write, named by suffix: probabilities, values, indices."""
         raise NotImplementedError
 
@@ -78,6 +98,10 @@ class ClassificationTask(TaskBase):
     class_names
         Names of the classes, in label order. For jets `salt` fills them from the training
         file's ``flavour_label`` attribute; for ``ftagTruthOriginLabel`` the 8 origins.
+    label_map
+        ``{value in the file: class index}``, to train on any integer label (e.g. a truth PDG id);
+        values not in the map are class indices already. The dataloader applies it; class_names
+        are then required.
     use_class_dict
         Weight the classes with data.class_dict: `salt` fills class_weights from it.
     class_weights
@@ -97,8 +121,14 @@ class ClassificationTask(TaskBase):
         use_class_dict: bool = False,
         class_weights: list[float] | None = None,
         label_smoothing: float = 0.0,
+        label_map: dict[int, int] | None = None,
     ):
         super().__init__(name, input_name, dense_config, loss_weight)
+        if label_map is not None and class_names is None:
+            raise SaltError(
+                f"task '{name}': a label_map needs class_names (one name per class index)."
+            )
+        self.label_map = {int(k): int(v) for k, v in (label_map or {}).items()} or None
         if class_names is None and label == "ftagTruthOriginLabel":
             class_names = list(TRACK_ORIGINS)
         if class_names is None:
@@ -115,8 +145,8 @@ class ClassificationTask(TaskBase):
                 f"task '{name}': dense_config.output_size is {given} but there are {n} classes "
                 f"({', '.join(self.class_names)}); drop output_size, it follows the classes."
             )
-        self.net = Dense(output_size=n, **self.dense_config)
         self.dense_config["output_size"] = n
+        self.net = Dense(**self._head_config())
         weight = None
         if class_weights is not None:
             if len(class_weights) != n:
@@ -131,8 +161,8 @@ class ClassificationTask(TaskBase):
     def label_fields(self) -> list[str]:
         return [self.label]
 
-    def forward(self, x, layout, labels=None):
-        logits = self.net(x)
+    def forward(self, x, layout, labels=None, context=None):
+        logits = self.net(self.with_context(x, layout, context))
         if labels is None:
             return logits, None
         target = labels[self.label]
@@ -147,7 +177,7 @@ class ClassificationTask(TaskBase):
         )
         return logits, loss
 
-    def predictions(self, output, layout):
+    def predictions(self, output, layout, scale=None):
         probs = torch.softmax(output.float(), dim=-1)
         return {"probs": probs, "argmax": probs.argmax(-1)}
 
@@ -159,16 +189,18 @@ class VertexingTask(TaskBase):
     negative index means no truth vertex: such a track is never paired). Only pairs of valid
     constituents of one jet are scored, each unordered pair once.
 
-    The head is an MLP on ``[h_i, h_j]``; its first layer is split as ``W_l h_i + W_r h_j``, so
-    it runs per token and only the sum and the later layers run per pair: the same function for a
-    fraction of the cost.
+    The head is an MLP on ``[h_i, h_j, c]`` (c: the jet representation, with ``context_size``);
+    its first layer is split as ``W_l h_i + W_r h_j + W_c c``, so it runs per token (and per jet)
+    and only the sum and the later layers run per pair: the same function for a fraction of the
+    cost.
 
     Parameters
     ----------
     label
         The vertex index field.
     dense_config
-        ``input_size`` (token features), ``hidden_layers`` (at least one), ``activation``.
+        ``input_size`` (token features), ``hidden_layers`` (at least one), ``activation``,
+        ``context_size``.
     """
 
     def __init__(
@@ -187,25 +219,37 @@ class VertexingTask(TaskBase):
         act = self.dense_config.get("activation", "SiLU")
         self.left = nn.Linear(self.input_size, hidden[0])
         self.right = nn.Linear(self.input_size, hidden[0], bias=False)
+        self.context = (
+            nn.Linear(self.context_size, hidden[0], bias=False) if self.context_size else None
+        )
         self.act = make_activation(act)
-        self.rest = Dense(hidden[0], 1, hidden[1:], act)
+        dropout = self.dense_config.get("dropout", 0.0)
+        self.rest = Dense(hidden[0], 1, hidden[1:], act, dropout=dropout)
+        self.drop = nn.Dropout(dropout)
 
     @property
     def label_fields(self) -> list[str]:
         return [self.label]
 
-    def pair_logits(self, x: Tensor, layout) -> Tensor:
+    def pair_logits(self, x: Tensor, layout, context: Tensor | None = None) -> Tensor:
         """Packed: (P,) for `layout.pairs()`. Padded: (B, L, L), symmetric, diagonal 0."""
         left, right = self.left(x), self.right(x)
+        jet = None if context is None or self.context is None else self.context(context)  # (B, H)
         if isinstance(layout, Packed):
             i, j = layout.pairs()
-            return self.rest(self.act(left[i] + right[j])).squeeze(-1)
-        full = self.rest(self.act(left[:, :, None] + right[:, None, :])).squeeze(-1)
+            first = left[i] + right[j]
+            if jet is not None:
+                first = first + jet[layout.batch[i]]
+            return self.rest(self.drop(self.act(first))).squeeze(-1)
+        first = left[:, :, None] + right[:, None, :]
+        if jet is not None:
+            first = first + jet[:, None, None, :]
+        full = self.rest(self.drop(self.act(first))).squeeze(-1)
         upper = torch.triu(full, diagonal=1)
         return upper + upper.transpose(1, 2)
 
-    def forward(self, x, layout, labels=None):
-        logits = self.pair_logits(x, layout)
+    def forward(self, x, layout, labels=None, context=None):
+        logits = self.pair_logits(x, layout, context)
         if labels is None:
             return logits, None
         if logits.numel() == 0:
@@ -215,7 +259,7 @@ class VertexingTask(TaskBase):
         target = ((vertex[i] == vertex[j]) & (vertex[i] >= 0)).to(logits.dtype)
         return logits, F.binary_cross_entropy_with_logits(logits.float(), target.float())
 
-    def predictions(self, output, layout):
+    def predictions(self, output, layout, scale=None):
         return {"vertex_index": vertex_index(output, layout)}
 
 
@@ -239,7 +283,11 @@ def vertex_index(pair_logits: Tensor, layout: Packed) -> Tensor:
 
 
 class RegressionTask(TaskBase):
-    """Regression of one or more targets, scaled to mean 0 and std 1 for the loss.
+    """Regression of one or more targets, scaled for the loss.
+
+    A target goes through, in this order: the `scaler` transform (e.g. a log), the division by
+    its `target_denominators` field, and ``(y - mean) / std`` from `scales`. Predictions undo all
+    three. Targets that are not finite (no hadron in a light jet) are left out of the loss.
 
     Parameters
     ----------
@@ -250,10 +298,19 @@ class RegressionTask(TaskBase):
     norm_dict
         UPP's norm dict (filled in by `salt` from data.norm_dict).
     loss
-        ``mse`` or ``huber``.
+        ``mse``, ``huber`` or ``l1``.
+    target_denominators
+        One field per target to divide it by (a ratio is easier to learn, e.g. truth pT /
+        reconstructed pT); predictions are multiplied back.
+    scaler
+        ``{target: {op: log|exp|linear, x_scale, x_off, op_scale, op_off}}``: ``y =
+        op(x * x_scale + x_off) * op_scale + op_off`` before anything else (all but op optional).
+    custom_output_names
+        Names that replace the targets in the written outputs (``<model>_<name>``).
     """
 
     n_outputs_per_target = 1
+    LOSSES = ("mse", "huber", "l1")
 
     def __init__(
         self,
@@ -265,12 +322,20 @@ class RegressionTask(TaskBase):
         norm_dict: str | None = None,
         loss: str = "mse",
         loss_weight: float = 1.0,
+        target_denominators: list[str] | None = None,
+        scaler: dict[str, dict] | None = None,
+        custom_output_names: list[str] | None = None,
     ):
         super().__init__(name, input_name, dense_config, loss_weight)
-        if loss not in ("mse", "huber"):
-            raise SaltError(f"task '{name}': loss must be 'mse' or 'huber', not '{loss}'.")
-        self.targets = list(targets)
+        if loss not in self.LOSSES:
+            raise SaltError(f"task '{name}': loss must be one of {self.LOSSES}, not '{loss}'.")
+        self.targets = [targets] if isinstance(targets, str) else list(targets)
         self.loss = loss
+        self.target_denominators = _per_target(name, "target_denominators", target_denominators,
+                                               self.targets)  # fmt: skip
+        self.custom_output_names = _per_target(name, "custom_output_names", custom_output_names,
+                                               self.targets)  # fmt: skip
+        self.scaler = TargetScaler(scaler or {}, self.targets, name)
         scales = dict(scales or {})
         missing = [t for t in self.targets if t not in scales]
         if missing:
@@ -280,38 +345,114 @@ class RegressionTask(TaskBase):
                 )
             stats = load_norm_dict(norm_dict, {input_name: missing})[input_name]
             scales.update({t: list(stats[t]) for t in missing})
-        self.register_buffer("mean", torch.tensor([scales[t][0] for t in self.targets]))
-        self.register_buffer("std", torch.tensor([scales[t][1] for t in self.targets]))
-        self.dense_config.pop("output_size", None)
-        n_out = len(self.targets) * self.n_outputs_per_target
-        self.net = Dense(output_size=n_out, **self.dense_config)
+        self.register_buffer("mean", torch.tensor([float(scales[t][0]) for t in self.targets]))
+        self.register_buffer("std", torch.tensor([float(scales[t][1]) for t in self.targets]))
+        self.dense_config["output_size"] = len(self.targets) * self.n_outputs_per_target
+        self.net = Dense(**self._head_config())
 
     @property
     def label_fields(self) -> list[str]:
-        return list(self.targets)
+        return [*self.targets, *(self.target_denominators or [])]
 
     def _scaled_targets(self, labels) -> tuple[Tensor, Tensor]:
-        y = torch.stack([labels[t] for t in self.targets], -1).float()
+        y = self.scaler(torch.stack([labels[t] for t in self.targets], -1).float())
+        if self.target_denominators:
+            y = y / torch.stack([labels[d] for d in self.target_denominators], -1).float()
         y = (y - self.mean) / self.std
         finite = torch.isfinite(y)  # e.g. no hadron in a light jet: nothing to learn
         return torch.where(finite, y, torch.zeros_like(y)), finite
 
-    def forward(self, x, layout, labels=None):
-        out = self.net(x)
+    def forward(self, x, layout, labels=None, context=None):
+        out = self.net(self.with_context(x, layout, context))
         if labels is None:
             return out, None
         y, finite = self._scaled_targets(labels)
-        if not finite.any():
-            return out, _zero_loss(out)
         return out, self._loss(out.float(), y, finite)
 
     def _loss(self, out: Tensor, y: Tensor, finite: Tensor) -> Tensor:
-        """Mean loss over the finite targets; everything in scaled units."""
-        fn = F.mse_loss if self.loss == "mse" else F.huber_loss
-        return fn(out[finite], y[finite])
+        """Mean loss over the finite targets, in scaled units (0, still connected, if none)."""
+        fn = {"mse": F.mse_loss, "huber": F.huber_loss, "l1": F.l1_loss}[self.loss]
+        return _masked_mean(fn(out, y, reduction="none"), finite)
 
-    def predictions(self, output, layout):
-        return {"values": output.float() * self.std + self.mean}
+    def predictions(self, output, layout, scale=None):
+        values = output.float()[..., : len(self.targets)] * self.std + self.mean
+        if self.target_denominators and scale is not None:
+            values = values * scale
+        return {"values": self.scaler.inverse(values)}
+
+
+def _per_target(task: str, key: str, value, targets: list[str]) -> list[str] | None:
+    if value is None:
+        return None
+    values = [value] if isinstance(value, str) else list(value)
+    if len(values) != len(targets):
+        raise SaltError(
+            f"task '{task}': {key} has {len(values)} entries for {len(targets)} targets "
+            f"({', '.join(targets)}); give one per target."
+        )
+    return values
+
+
+def _masked_mean(values: Tensor, keep: Tensor) -> Tensor:
+    """Mean of `values` where `keep`; 0 (with gradient) where nothing is kept; no host sync."""
+    keep = keep.to(values.dtype)
+    return (values * keep).sum() / keep.sum().clamp(min=1.0)
+
+
+class TargetScaler(nn.Module):
+    """Per-target transforms ``op(x * x_scale + x_off) * op_scale + op_off`` and their inverse.
+
+    Parameters
+    ----------
+    scales
+        ``{target: {op: log|exp|linear, x_scale: 1, x_off: 0, op_scale: 1, op_off: 0}}``;
+        targets not named are left as they are.
+    targets
+        The task's targets, in output order.
+    task
+        The task's name, for messages.
+    """
+
+    OPS = ("log", "exp", "linear")
+    KEYS = ("op", "x_scale", "x_off", "op_scale", "op_off")
+
+    def __init__(self, scales: dict[str, dict], targets: list[str], task: str = ""):
+        super().__init__()
+        unknown = [t for t in scales if t not in targets]
+        if unknown:
+            raise SaltError(f"task '{task}': scaler names {unknown}, which are not its targets.")
+        params, ops = [], []
+        for target in targets:
+            spec = dict(scales.get(target) or {"op": "linear"})
+            bad = [k for k in spec if k not in self.KEYS]
+            if bad or spec.get("op") not in self.OPS:
+                raise SaltError(
+                    f"task '{task}': scaler of '{target}' is {spec}; it takes op "
+                    f"({', '.join(self.OPS)}) and optionally {', '.join(self.KEYS[1:])}."
+                )
+            ops.append(self.OPS.index(spec["op"]))
+            params.append([float(spec.get(k, d)) for k, d in zip(self.KEYS[1:], (1, 0, 1, 0))])
+        self.active = bool(scales)
+        self.register_buffer("params", torch.tensor(params, dtype=torch.float32).T.contiguous())
+        self.register_buffer("ops", torch.tensor(ops))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(..., n_targets) raw targets -> scaled."""
+        if not self.active:
+            return x
+        x_scale, x_off, op_scale, op_off = self.params
+        u = x * x_scale + x_off
+        y = torch.where(self.ops == 0, torch.log(u), torch.where(self.ops == 1, torch.exp(u), u))
+        return y * op_scale + op_off
+
+    def inverse(self, y: Tensor) -> Tensor:
+        """(..., n_targets) scaled -> raw."""
+        if not self.active:
+            return y
+        x_scale, x_off, op_scale, op_off = self.params
+        u = (y - op_off) / op_scale
+        u = torch.where(self.ops == 0, torch.exp(u), torch.where(self.ops == 1, torch.log(u), u))
+        return (u - x_off) / x_scale
 
 
 class GaussianRegressionTask(RegressionTask):
@@ -325,8 +466,12 @@ class GaussianRegressionTask(RegressionTask):
     def _loss(self, out: Tensor, y: Tensor, finite: Tensor) -> Tensor:
         mu, log_sigma = out.chunk(2, dim=-1)
         nll = log_sigma + 0.5 * ((y - mu) / log_sigma.exp()) ** 2 + 0.5 * math.log(2 * math.pi)
-        return nll[finite].mean()
+        return _masked_mean(nll, finite)
 
-    def predictions(self, output, layout):
+    def predictions(self, output, layout, scale=None):
         mu, log_sigma = output.float().chunk(2, dim=-1)
-        return {"values": mu * self.std + self.mean, "stddev": log_sigma.exp() * self.std}
+        values, stddev = mu * self.std + self.mean, log_sigma.exp() * self.std
+        if self.target_denominators and scale is not None:
+            values, stddev = values * scale, stddev * scale
+        # the width is given in the target's units only for a linear scaler
+        return {"values": self.scaler.inverse(values), "stddev": stddev}

@@ -1,15 +1,41 @@
-"""Transformer encoder (pre-norm) over the constituents of each jet, GN2's encoder."""
+"""Transformer encoder over the constituents of each jet (GN2, GN3), with optional registers.
+
+Three ways to place the norms in a layer (``norm_type``):
+
+* ``pre`` (default): ``x + attn(norm(x))``, then ``x + ff(norm(x))``; the stack ends with a norm.
+* ``post``: ``norm(x + attn(x))``, then ``norm(x + ff(x))``.
+* ``hybrid``: the first layer is pre-norm; later layers attend without a norm in front but with
+  RMS-normalised queries, keys and values, then normalise the residual stream before the
+  feed-forward block (``y = norm(x); y + ff(y)``). GN3 uses it with RMSNorm.
+"""
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from salt.models.attention import MultiheadAttention
-from salt.models.stack import LayerStack, feed_forward
+from salt.models.stack import FeedForward, LayerStack, make_norm
+
+NORM_TYPES = ("pre", "post", "hybrid")
 
 
 class EncoderLayer(nn.Module):
-    """``x + attn(norm(x))``, then ``x + ff(norm(x))``; token-wise parts ignore the layout."""
+    """Self-attention and a feed-forward block, each residual; token-wise parts ignore the layout.
+
+    Parameters
+    ----------
+    embed_dim, num_heads, ff_dim
+        Token features, attention heads, hidden width of the feed-forward block.
+    activation, dropout, gated
+        Of the feed-forward block (``gated``: a gated linear unit); dropout also follows each block.
+    attn_backend, attn_dropout
+        Attention kernel (see salt.models.attention) and dropout on the attention weights.
+    norm, norm_type
+        ``LayerNorm`` or ``RMSNorm``; ``pre``, ``post`` or ``hybrid`` (see the module docstring).
+    depth
+        Position of the layer in the stack (the hybrid scheme treats the first layer apart).
+    """
 
     def __init__(
         self,
@@ -19,21 +45,39 @@ class EncoderLayer(nn.Module):
         activation: str = "SiLU",
         dropout: float = 0.0,
         attn_backend: str = "auto",
+        norm: str = "LayerNorm",
+        norm_type: str = "pre",
+        gated: bool = False,
+        attn_dropout: float = 0.0,
+        depth: int = 0,
     ):
         super().__init__()
-        self.norm1 = nn.LayerNorm(embed_dim)
-        self.attn = MultiheadAttention(embed_dim, num_heads, attn_backend)
-        self.norm2 = nn.LayerNorm(embed_dim)
-        self.ff = feed_forward(embed_dim, ff_dim, activation, dropout)
+        if norm_type not in NORM_TYPES:
+            raise ValueError(f"norm_type '{norm_type}' is not one of {NORM_TYPES}")
+        self.mode = "pre" if norm_type == "hybrid" and depth == 0 else norm_type
+        qkv_norm = self.mode == "hybrid"
+        self.attn = MultiheadAttention(
+            embed_dim, num_heads, attn_backend, attn_dropout, qk_norm=qkv_norm, v_norm=qkv_norm
+        )
+        self.ff = FeedForward(embed_dim, ff_dim, activation, dropout, gated)
+        self.norm1 = make_norm(norm, embed_dim) if self.mode != "hybrid" else nn.Identity()
+        self.norm2 = make_norm(norm, embed_dim)
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, layout) -> Tensor:
-        x = x + self.drop(self.attn(self.norm1(x), layout))
-        return x + self.drop(self.ff(self.norm2(x)))
+        """(N, D) packed or (B, L, D) padded -> same shape."""
+        if self.mode == "pre":
+            x = x + self.drop(self.attn(self.norm1(x), layout))
+            return x + self.drop(self.ff(self.norm2(x)))
+        if self.mode == "post":
+            x = self.norm1(x + self.drop(self.attn(x, layout)))
+            return self.norm2(x + self.drop(self.ff(x)))
+        x = self.norm2(x + self.drop(self.attn(x, layout)))
+        return x + self.drop(self.ff(x))
 
 
 class Transformer(LayerStack):
-    """A stack of pre-norm encoder layers.
+    """A stack of encoder layers.
 
     Parameters
     ----------
@@ -50,11 +94,24 @@ class Transformer(LayerStack):
     activation
         torch.nn class name of the feed-forward activation.
     dropout
-        Dropout after attention and feed-forward blocks.
+        Dropout in and after the feed-forward blocks and after attention.
     final_norm
-        LayerNorm after the last layer (pre-norm stacks leave the residual stream unnormalised).
+        Normalise after the last layer.
     attn_backend
         ``auto``, ``math``, ``sdpa`` or ``varlen`` (see salt.models.attention).
+    norm
+        ``LayerNorm`` or ``RMSNorm``.
+    norm_type
+        ``pre``, ``post`` or ``hybrid`` (see the module docstring).
+    gated
+        Gated linear units in the feed-forward blocks.
+    attn_dropout
+        Dropout on the attention weights.
+    num_registers
+        Learned tokens appended to every jet's constituents (arXiv:2309.16588): the encoder can
+        store jet-wide information there, and no jet is ever empty. `SaltModel` adds them.
+    drop_registers
+        Leave the registers out of the pooling (they always stay out of constituent tasks).
     """
 
     def __init__(
@@ -68,11 +125,34 @@ class Transformer(LayerStack):
         dropout: float = 0.0,
         final_norm: bool = True,
         attn_backend: str = "auto",
+        norm: str = "LayerNorm",
+        norm_type: str = "pre",
+        gated: bool = False,
+        attn_dropout: float = 0.0,
+        num_registers: int = 0,
+        drop_registers: bool = False,
     ):
+        if num_registers < 0:
+            raise ValueError(f"num_registers must be 0 or more, got {num_registers}")
         layers = [
             EncoderLayer(
-                embed_dim, num_heads, ff_dim or 2 * embed_dim, activation, dropout, attn_backend
+                embed_dim,
+                num_heads,
+                ff_dim or 2 * embed_dim,
+                activation,
+                dropout,
+                attn_backend,
+                norm,
+                norm_type,
+                gated,
+                attn_dropout,
+                depth,
             )
-            for _ in range(num_layers)
+            for depth in range(num_layers)
         ]
-        super().__init__(layers, embed_dim, out_dim, final_norm)
+        super().__init__(layers, embed_dim, out_dim, final_norm, norm)
+        self.num_registers = num_registers
+        self.drop_registers = drop_registers
+        if num_registers:
+            # small values: registers start as near-empty slots the encoder learns to fill
+            self.registers = nn.Parameter(torch.randn(num_registers, embed_dim) * 1e-4)
