@@ -88,22 +88,33 @@ def gn3_model(registers=2, drop_registers=False, attention="packed", with_global
     jet_size = 8 + (3 if with_global else 0)
     tasks = [
         ClassificationTask(
-            "jets_classification", "jets", "flavour_label", {"input_size": jet_size},
+            "jets_classification",
+            "jets",
+            "flavour_label",
+            {"input_size": jet_size},
             class_names=["bjets", "cjets", "ujets"],
         ),
         ClassificationTask(
-            "track_origin", "tracks", "ftagTruthOriginLabel",
+            "track_origin",
+            "tracks",
+            "ftagTruthOriginLabel",
             {"input_size": 8, "context_size": jet_size, "hidden_layers": [8]},
         ),
         VertexingTask(
-            "track_vertexing", "tracks",
+            "track_vertexing",
+            "tracks",
             {"input_size": 8, "hidden_layers": [8], "context_size": jet_size},
         ),
         RegressionTask(
-            "jet_pt", "jets", ["truth_pt"], {"input_size": jet_size},
-            scales={"truth_pt": [1.0, 0.5]}, target_denominators=["pt"], loss="l1",
+            "jet_pt",
+            "jets",
+            ["truth_pt"],
+            {"input_size": jet_size},
+            scales={"truth_pt": [1.0, 0.5]},
+            target_denominators=["pt"],
+            loss="l1",
         ),
-    ]  # fmt: skip
+    ]
     return SaltModel(
         init_nets=[{"input_name": t, "output_size": D, "hidden_layers": [D]} for t in TYPES],
         tasks=tasks,
@@ -117,7 +128,7 @@ def gn3_model(registers=2, drop_registers=False, attention="packed", with_global
             gated=True,
             num_registers=registers,
             drop_registers=drop_registers,
-        ),  # fmt: skip
+        ),
         pool_net=GlobalAttentionPooling(8),
         variables=variables,
         attention=attention,
@@ -168,14 +179,18 @@ def test_gn3_packed_padded_and_one_jet_at_a_time_agree(drop_registers):
             one[name] = inputs[name][b : b + 1, valid[name][b]]
         single, _ = model(one)
         torch.testing.assert_close(
-            single["jets_classification"][0], packed["jets_classification"][b],
-            rtol=1e-4, atol=1e-5,
-        )  # fmt: skip
+            single["jets_classification"][0],
+            packed["jets_classification"][b],
+            rtol=1e-4,
+            atol=1e-5,
+        )
         n = int(valid["tracks"][b].sum())
         torch.testing.assert_close(
-            single["track_origin"][0], packed["track_origin"][start : start + n],
-            rtol=1e-4, atol=1e-5,
-        )  # fmt: skip
+            single["track_origin"][0],
+            packed["track_origin"][start : start + n],
+            rtol=1e-4,
+            atol=1e-5,
+        )
         start += n
 
 
@@ -231,14 +246,14 @@ def test_model_size_errors_name_global_and_context():
             pool_net=GlobalAttentionPooling(8),
             variables={"jets": ["pt"], "global": ["a", "b", "c"], "tracks": ["a"]},
         )
-    with pytest.raises(SaltError, match="context_size 5.*11 features"):
+    with pytest.raises(SaltError, match=r"context_size 5.*11 features"):
         SaltModel(
             init_nets=[{"input_name": "tracks", "output_size": D}],
             tasks=[
                 ClassificationTask(
                     "t", "tracks", "ftagTruthOriginLabel", {"input_size": 8, "context_size": 5}
                 )
-            ],  # fmt: skip
+            ],
             encoder=Transformer(D, 1, 2, out_dim=8),
             pool_net=GlobalAttentionPooling(8),
             variables={"jets": ["pt"], "global": ["a", "b", "c"], "tracks": ["a"]},
@@ -259,7 +274,7 @@ def test_model_without_encoder_pools_the_embeddings():
             ClassificationTask(
                 "j", "jets", "flavour_label", {"input_size": 8}, class_names=["u", "c", "b"]
             )
-        ],  # fmt: skip
+        ],
         pool_net=GlobalAttentionPooling(8),
         variables={"jets": ["pt", "eta"], "tracks": ["a", "b", "c"]},
     ).eval()
@@ -273,9 +288,15 @@ def test_model_without_encoder_pools_the_embeddings():
 # ---------------------------------------------------------------------------------- tasks
 def test_regression_denominator_scaler_and_l1():
     task = RegressionTask(
-        "r", "jets", "y", {"input_size": 2}, scales={"y": [1.0, 0.5]},
-        target_denominators="d", loss="l1", custom_output_names=["ratio"],
-    )  # fmt: skip
+        "r",
+        "jets",
+        "y",
+        {"input_size": 2},
+        scales={"y": [1.0, 0.5]},
+        target_denominators="d",
+        loss="l1",
+        custom_output_names=["ratio"],
+    )
     x = torch.randn(4, 2)
     labels = {"y": torch.tensor([2.0, 3.0, math.nan, 8.0]), "d": torch.tensor([2.0, 2.0, 1, 4.0])}
     out, loss = task(x, None, labels)
@@ -285,16 +306,25 @@ def test_regression_denominator_scaler_and_l1():
     torch.testing.assert_close(values, (out * 0.5 + 1.0) * labels["d"][:, None])
     assert task.label_fields == ["y", "d"] and task.custom_output_names == ["ratio"]
     with pytest.raises(SaltError, match="target_denominators has 2 entries for 1"):
-        RegressionTask("r", "jets", ["y"], {"input_size": 2}, scales={"y": [0, 1]},
-                       target_denominators=["a", "b"])  # fmt: skip
+        RegressionTask(
+            "r",
+            "jets",
+            ["y"],
+            {"input_size": 2},
+            scales={"y": [0, 1]},
+            target_denominators=["a", "b"],
+        )
 
 
 def test_target_scaler_round_trip_and_errors():
     scaler = TargetScaler(
-        {"pt": {"op": "log", "op_scale": 0.2}, "Lxy": {"op": "log", "x_off": 1},
-         "deta": {"op": "linear", "x_off": 1, "op_scale": 10}},
+        {
+            "pt": {"op": "log", "op_scale": 0.2},
+            "Lxy": {"op": "log", "x_off": 1},
+            "deta": {"op": "linear", "x_off": 1, "op_scale": 10},
+        },
         ["pt", "Lxy", "deta", "mass"],
-    )  # fmt: skip
+    )
     x = torch.tensor([[50e3, 3.0, -0.1, 5.0], [8e3, 0.0, 0.2, 1.9]])
     y = scaler(x)
     torch.testing.assert_close(y[0, 0], torch.log(torch.tensor(50e3)) * 0.2)
@@ -320,8 +350,12 @@ def test_gls_is_the_geometric_mean_of_weighted_losses():
     model = gn3_model()
     wrapper = ModelWrapper(model, lrs(), loss_mode="GLS")
     model.tasks[1].loss_weight = 0.5
-    losses = {"jets_classification": torch.tensor(2.0), "track_origin": torch.tensor(0.5),
-              "track_vertexing": torch.tensor(0.25), "jet_pt": torch.tensor(4.0)}  # fmt: skip
+    losses = {
+        "jets_classification": torch.tensor(2.0),
+        "track_origin": torch.tensor(0.5),
+        "track_vertexing": torch.tensor(0.25),
+        "jet_pt": torch.tensor(4.0),
+    }
     expected = (2.0 * 0.25 * 0.25 * 4.0) ** 0.25
     torch.testing.assert_close(wrapper.total_loss(losses), torch.tensor(expected))
     wsum = ModelWrapper(model, lrs())

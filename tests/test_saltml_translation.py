@@ -1,4 +1,4 @@
-"""The salt-ml schema is recognised and translated into salt's; keys without equivalent stop early."""
+"""The salt-ml schema is recognised and translated; keys without equivalent stop early."""
 
 from __future__ import annotations
 
@@ -121,15 +121,28 @@ def test_translation_of_every_section():
     assert (model["optimizer"], model["loss_mode"]) == ("lion", "GLS")
     args = model["model"]["init_args"]
     assert args["init_nets"][1] == {
-        "input_name": "flows", "output_size": 32, "hidden_layers": [32], "activation": "SiLU"
-    }  # fmt: skip
+        "input_name": "flows",
+        "output_size": 32,
+        "hidden_layers": [32],
+        "activation": "SiLU",
+    }
     encoder = args["encoder"]["init_args"]
     assert encoder == {
-        "embed_dim": 32, "num_layers": 2, "norm": "RMSNorm", "norm_type": "hybrid",
-        "final_norm": True, "num_registers": 4, "drop_registers": False, "out_dim": 16,
-        "attn_backend": "auto", "num_heads": 4, "attn_dropout": 0.05, "activation": "SiLU",
-        "gated": True, "dropout": 0.1,
-    }  # fmt: skip
+        "embed_dim": 32,
+        "num_layers": 2,
+        "norm": "RMSNorm",
+        "norm_type": "hybrid",
+        "final_norm": True,
+        "num_registers": 4,
+        "drop_registers": False,
+        "out_dim": 16,
+        "attn_backend": "auto",
+        "num_heads": 4,
+        "attn_dropout": 0.05,
+        "activation": "SiLU",
+        "gated": True,
+        "dropout": 0.1,
+    }
     flavour, vertexing, pt, lxy = (t["init_args"] for t in args["tasks"])
     assert flavour["label_map"] == {0: 0, 4: 1, 5: 2} and flavour["label_smoothing"] == 0.1
     assert "loss" not in flavour and "weight" not in flavour
@@ -145,9 +158,11 @@ def test_translation_of_every_section():
     assert "train_vds_path" not in out["data"] and "train_vds_path" in notes[0]
     callbacks = [c["class_path"] for c in out["trainer"]["callbacks"]]
     assert callbacks == [
-        "salt.callbacks.Checkpoint", "salt.callbacks.ProgressBar",
-        "lightning.pytorch.callbacks.LearningRateMonitor", "salt.callbacks.Interruption",
-    ]  # fmt: skip
+        "salt.callbacks.Checkpoint",
+        "salt.callbacks.ProgressBar",
+        "lightning.pytorch.callbacks.LearningRateMonitor",
+        "salt.callbacks.Interruption",
+    ]
     assert out["trainer"]["callbacks"][0]["init_args"] == {"monitor": "val/flavour_loss"}
     assert out["trainer"]["callbacks"][1]["init_args"] == {"refresh_rate": 50}
 
