@@ -13,6 +13,7 @@ from torch import Tensor
 from torch.optim.lr_scheduler import LRScheduler
 
 from salt.errors import SaltError
+from salt.models.layout import host_sizes
 from salt.models.saltmodel import SaltModel
 from salt.models.tasks import ClassificationTask
 
@@ -147,9 +148,18 @@ class ModelWrapper(L.LightningModule):
     def forward(self, inputs, valid=None, labels=None):
         return self.model(inputs, valid, labels)
 
+    def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        # the packed layouts' sizes, read on the host before the batch goes to the device, so
+        # that no training step waits for the device to report a length
+        if isinstance(batch, dict) and batch.get("valid") and "sizes" not in batch:
+            batch["sizes"] = host_sizes(batch["valid"], self.model.constituents)
+        return batch
+
     # ----------------------------------------------------------------------------- steps
     def _shared_step(self, batch: dict, stage: str) -> tuple[dict[str, Tensor], Tensor]:
-        outputs, losses = self.model(batch["inputs"], batch["valid"], batch["labels"])
+        outputs, losses = self.model(
+            batch["inputs"], batch["valid"], batch["labels"], batch.get("sizes")
+        )
         n_jets = (
             int(batch["inputs"][self.model.global_object].shape[0])
             if (self.model.global_object in batch["inputs"])
@@ -198,10 +208,12 @@ class ModelWrapper(L.LightningModule):
             self.log("val/b_vs_light_auc", self.val_auc, on_epoch=True, batch_size=len(labels))
 
     def test_step(self, batch: dict, batch_idx: int) -> dict:
-        return self.model.predict(batch["inputs"], batch["valid"], batch.get("labels"))
+        return self.model.predict(
+            batch["inputs"], batch["valid"], batch.get("labels"), batch.get("sizes")
+        )
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        return self.model.predict(batch["inputs"], batch["valid"], batch.get("labels"))
+        return self.test_step(batch, batch_idx)
 
     # ----------------------------------------------------------------------------- optimiser
     def total_steps(self) -> int:

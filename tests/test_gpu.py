@@ -46,3 +46,35 @@ def test_bf16_encoder_packed_equals_padded(compile_model):
         padded = encoder(x, Padded(valid))[valid]
     assert torch.isfinite(packed.float()).all()
     torch.testing.assert_close(packed.float(), padded.float(), rtol=5e-2, atol=5e-2)
+
+
+@pytest.mark.parametrize("registers", [0, 2])
+def test_packed_bf16_training_step_never_syncs(registers):
+    """Forward, losses and backward of a GN2/GN3-like model under CUDA's sync check."""
+    from salt.modelwrapper import ModelWrapper
+    from tests.test_models import make_batch, make_model
+    from tests.test_models_gn3 import gn3_batch, gn3_model, lrs
+
+    if registers:
+        model, (inputs, valid, labels) = gn3_model(registers=registers), gn3_batch()
+    else:
+        model, (inputs, valid, labels) = make_model(), make_batch(n_jets=64)
+    wrapper = ModelWrapper(model, lrs())
+    packed = {k: (v[valid[k]] if k in valid else v) for k, v in inputs.items()}
+    batch = wrapper.on_before_batch_transfer(
+        {"inputs": packed, "valid": valid, "labels": labels}, 0
+    )
+    from lightning.pytorch.utilities import move_data_to_device
+
+    batch = move_data_to_device(batch, torch.device("cuda"))
+    model.cuda().train()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            _, losses = model(batch["inputs"], batch["valid"], batch["labels"], batch["sizes"])
+            total = wrapper.total_loss(losses)
+        total.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(total).item()

@@ -41,6 +41,8 @@ class Packed:
         waits for the device).
     width
         Slots per jet of the padded form (default: T of `valid`, else the longest jet).
+    n_pairs
+        Number of within-jet pairs, when the caller knows it (see `host_sizes`).
     """
 
     def __init__(
@@ -51,6 +53,7 @@ class Packed:
         n_tokens: int | None = None,
         max_len: int | None = None,
         width: int | None = None,
+        n_pairs: int | None = None,
     ):
         if (valid is None) == (lengths is None):
             raise ValueError("Packed takes exactly one of valid and lengths")
@@ -69,6 +72,7 @@ class Packed:
         self.position = (
             torch.arange(self.n_tokens, device=device) - self.cu_seqlens[self.batch].long()
         )  # (N,)
+        self.n_pairs = n_pairs
         self._pairs: tuple[Tensor, Tensor] | None = None
 
     # ----------------------------------------------------------------------------- layout
@@ -139,15 +143,55 @@ class Packed:
         return self.unpad(out.transpose(1, 2))
 
     def pairs(self) -> tuple[Tensor, Tensor]:
-        """Token indices (i, j), i < j, of every pair of constituents within the same jet."""
+        """Token indices (i, j), i < j, of every pair of constituents within the same jet.
+
+        Pairs are listed jet after jet, and within a jet by j, then i: (0,1), (0,2), (1,2),
+        (0,3), ... so that the pairs of a jet of n constituents are the first n(n-1)/2 entries of
+        one table for the batch's longest jet. Built without reading anything off the device.
+        """
         if self._pairs is None:
             device = self.lengths.device
-            upper = torch.triu_indices(self.max_len, self.max_len, 1, device=device)
-            keep = upper[1][None, :] < self.lengths[:, None]  # (B, Q)
-            jet, q = keep.nonzero(as_tuple=True)
+            counts = self.lengths * (self.lengths - 1) // 2  # (B,)
+            n_pairs = self.n_pairs
+            if n_pairs is None:
+                n_pairs = int(counts.sum())
+            jets = torch.arange(self.n_jets, device=device)
+            jet = torch.repeat_interleave(jets, counts, output_size=n_pairs)  # (P,)
+            first = F.pad(counts.cumsum(0), (1, 0))[jet]
+            q = torch.arange(n_pairs, device=device) - first  # pair number within its jet
+            i, j = _pair_of(q)
             start = self.cu_seqlens[jet].long()
-            self._pairs = (start + upper[0][q], start + upper[1][q])
+            self._pairs = (start + i, start + j)
         return self._pairs
+
+
+def _pair_of(q: Tensor) -> tuple[Tensor, Tensor]:
+    """(i, j) of pair number q in the order (0,1), (0,2), (1,2), (0,3), ...: j(j-1)/2 <= q."""
+    j = ((1 + torch.sqrt(1 + 8 * q.double())) / 2).floor().long()
+    # float rounding can land one off near the edges of a column: step back or forward
+    j = j - (j * (j - 1) // 2 > q).long()
+    j = j + ((j + 1) * j // 2 <= q).long()
+    return q - j * (j - 1) // 2, j
+
+
+def host_sizes(valid: dict[str, Tensor], merged: list[str] | None = None) -> dict[str, dict]:
+    """What the packed layouts need to know before the batch goes to the device, as host ints.
+
+    For each constituent type: its longest jet and its number of within-jet pairs; for the types
+    in `merged` (encoded together), the longest jet over all of them. Computed on the CPU copy of
+    `valid` (B, T), so the training step never waits for the device to report a size.
+    """
+    sizes: dict[str, dict] = {}
+    lengths = {name: mask.sum(1) for name, mask in valid.items()}
+    for name, n in lengths.items():
+        sizes[name] = {
+            "max_len": int(n.max()) if len(n) else 0,
+            "n_pairs": int((n * (n - 1) // 2).sum()),
+        }
+    if merged and len(merged) > 1:
+        total = sum(lengths[name] for name in merged)
+        sizes["merged"] = {"max_len": int(total.max()) if len(total) else 0}
+    return sizes
 
 
 class Padded:

@@ -197,7 +197,7 @@ class SaltModel(nn.Module):
                 )
 
     # ----------------------------------------------------------------------------- forward
-    def _embed(self, inputs, valid):
+    def _embed(self, inputs, valid, sizes=None):
         """Normalise and embed each constituent type; returns tokens and layouts per type."""
         jets = None
         if self.global_object in self.variables:
@@ -208,7 +208,13 @@ class SaltModel(nn.Module):
             if valid is not None:
                 if x.dim() == 3:  # padded input with a mask: pack once, here
                     x = x[valid[name]]
-                layout = Packed(valid[name])
+                known = (sizes or {}).get(name, {})
+                layout = Packed(
+                    valid[name],
+                    n_tokens=x.shape[0],
+                    max_len=known.get("max_len"),
+                    n_pairs=known.get("n_pairs"),
+                )
             else:
                 layout = Padded(None)
             x = self.norms[name](x)
@@ -218,7 +224,7 @@ class SaltModel(nn.Module):
             layouts[name] = layout
         return jets, tokens, layouts
 
-    def _merge(self, tokens: dict[str, Tensor], layouts: dict, valid) -> tuple:
+    def _merge(self, tokens: dict[str, Tensor], layouts: dict, valid, sizes=None) -> tuple:
         """All constituent types and the registers in one token set, jet by jet.
 
         Returns the merged tokens, their layout, where each type's tokens went (None: the merged
@@ -245,7 +251,8 @@ class SaltModel(nn.Module):
         lengths = sum(layouts[n].lengths for n in self.constituents)
         n_real = sum(layouts[n].n_tokens for n in self.constituents)
         width = sum(layouts[n].width for n in self.constituents)
-        real = Packed(lengths=lengths, n_tokens=n_real, width=width)
+        max_len = (sizes or {}).get("merged", {}).get("max_len")
+        real = Packed(lengths=lengths, n_tokens=n_real, width=width, max_len=max_len)
         if n_reg:
             merged = Packed(lengths=lengths + n_reg, n_tokens=n_real + n_jets * n_reg,
                             max_len=real.max_len + n_reg, width=width + n_reg)  # fmt: skip
@@ -280,11 +287,21 @@ class SaltModel(nn.Module):
             return layout.unpad(self.encoder(padded, Padded(mask)))
         return self.encoder(x, layout)
 
-    def run(self, inputs: dict[str, Tensor], valid: dict[str, Tensor] | None = None, labels=None):
-        """Task outputs, losses (when `labels` are given) and the layout each task read."""
-        jets, tokens, layouts = self._embed(inputs, valid)
+    def run(
+        self,
+        inputs: dict[str, Tensor],
+        valid: dict[str, Tensor] | None = None,
+        labels=None,
+        sizes: dict[str, dict] | None = None,
+    ):
+        """Task outputs, losses (when `labels` are given) and the layout each task read.
+
+        `sizes`: the host-side sizes of `salt.models.layout.host_sizes`; with them the packed
+        path never waits for the device to report a length.
+        """
+        jets, tokens, layouts = self._embed(inputs, valid, sizes)
         if self.constituents:
-            x, layout, where, pool, pool_layout = self._merge(tokens, layouts, valid)
+            x, layout, where, pool, pool_layout = self._merge(tokens, layouts, valid, sizes)
             x = self._encode(x, layout)
             if pool is None:
                 pooled = self.pool_net(x, pool_layout)
@@ -315,9 +332,10 @@ class SaltModel(nn.Module):
         inputs: dict[str, Tensor],
         valid: dict[str, Tensor] | None = None,
         labels: dict[str, dict[str, Tensor]] | None = None,
+        sizes: dict[str, dict] | None = None,
     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Task outputs by task name, and losses by task name when `labels` are given."""
-        outputs, losses, _ = self.run(inputs, valid, labels)
+        outputs, losses, _ = self.run(inputs, valid, labels, sizes)
         return outputs, losses
 
     def task_predictions(
@@ -359,7 +377,8 @@ class SaltModel(nn.Module):
         inputs: dict[str, Tensor],
         valid: dict[str, Tensor] | None = None,
         labels: dict[str, dict[str, Tensor]] | None = None,
+        sizes: dict[str, dict] | None = None,
     ) -> dict[str, dict[str, Tensor]]:
         """Writable predictions per task: probabilities, values, vertex indices."""
-        outputs, _, layouts = self.run(inputs, valid)
+        outputs, _, layouts = self.run(inputs, valid, sizes=sizes)
         return self.task_predictions(outputs, layouts, inputs, labels)

@@ -166,16 +166,21 @@ class ClassificationTask(TaskBase):
         if labels is None:
             return logits, None
         target = labels[self.label]
-        if not (target >= 0).any():
-            return logits, _zero_loss(logits)
-        loss = F.cross_entropy(
+        # cross entropy's weighted mean over the labelled entries (-1: ignore), written out so
+        # that a batch with nothing labelled gives 0 without asking the device whether it is so
+        keep = target >= 0
+        safe = target.clamp(min=0)
+        per = F.cross_entropy(
             logits.float(),
-            target,
+            safe,
             weight=self.class_weights,
-            ignore_index=-1,
+            reduction="none",
             label_smoothing=self.label_smoothing,
         )
-        return logits, loss
+        weight = keep.float()
+        if self.class_weights is not None:
+            weight = weight * self.class_weights[safe]
+        return logits, (per * keep).sum() / weight.sum().clamp(min=1e-12)
 
     def predictions(self, output, layout, scale=None):
         probs = torch.softmax(output.float(), dim=-1)
