@@ -35,6 +35,8 @@ def test_hungarian_is_optimal_against_brute_force(n_queries):
     real[0] = False  # a jet without objects
     real[1] = True  # a jet with more objects than queries
     real[2, ::2] = True  # holes between the real slots
+    # both ways of solving: one object (argmin) and several (linear_sum_assignment)
+    assert (real.sum(1) == 1).any() and (real.sum(1) > 2).any()
     match = hungarian(cost, real)
 
     for b in range(n_jets):

@@ -311,7 +311,7 @@ class MaskDecoder(nn.Module):
         self.norm_out = nn.LayerNorm(embed_dim)
         self.class_net = class_net
         self.mask_net = mask_net
-        self.loss = MaskFormerLoss(**loss_config)
+        self.criterion = MaskFormerLoss(**loss_config)
 
     @staticmethod
     def _check_head(name: str, net: nn.Module, n_in: int, n_out: int) -> None:
@@ -375,11 +375,11 @@ class MaskDecoder(nn.Module):
         if targets is None:
             return out, None
         final = out.objects
-        losses, out.query_for_target = self.loss(
+        losses, out.query_for_target = self.criterion(
             final.class_logits, final.mask_logits, final.embed, targets, layout, regression
         )
         for i, aux in enumerate(layers):
-            aux_losses, _ = self.loss(
+            aux_losses, _ = self.criterion(
                 aux.class_logits, aux.mask_logits, aux.embed, targets, layout, regression
             )
             losses.update({f"{k}_layer{i}": v for k, v in aux_losses.items()})

@@ -14,8 +14,10 @@ tracks only:
   the properties that are known (finite).
 
 All cost matrices are built at once on the model's device, copied to numpy once, and
-`scipy.optimize.linear_sum_assignment` is called only for jets that have a true object: a jet
-without one needs no solving (every query is "no object"). `benchmarks/matching.py` times it.
+`scipy.optimize.linear_sum_assignment` is called only for jets with two or more true objects: a
+jet without one needs no solving (every query is "no object"), and for a jet with one the best
+query is the argmin of its cost column, taken for all such jets at once on the device.
+`benchmarks/matching.py` times it.
 """
 
 from __future__ import annotations
@@ -129,17 +131,29 @@ def hungarian(cost: Tensor, real: Tensor) -> Tensor:
     (B, K) int64 on `cost`'s device: the query matched to each true object slot; -1 for a slot
     that is no real object, or a real one left over when a jet has more objects than queries.
     """
-    real_np = real.cpu().numpy()
-    jets = np.flatnonzero(real_np.any(1))
-    out = np.full(real_np.shape, -1, dtype=np.int64)
+    cost = torch.nan_to_num(cost.float(), nan=_BAD_COST, posinf=_BAD_COST, neginf=-_BAD_COST)
+    out = torch.full(real.shape, -1, dtype=torch.long, device=cost.device)
+    n_real = real.sum(1)
+    # one object: the best query is the argmin of its column, found for all such jets at once
+    single = torch.nonzero(n_real == 1).flatten()
+    slot = real[single].long().argmax(1)
+    out[single, slot] = cost[single, :, slot].argmin(1)
+    # several objects: one linear_sum_assignment per jet, after a single copy to numpy
+    jets = torch.nonzero(n_real > 1).flatten()
     if len(jets):
-        costs = cost[torch.from_numpy(jets).to(cost.device)].float().cpu().numpy()
-        costs = np.nan_to_num(costs, nan=_BAD_COST, posinf=_BAD_COST, neginf=-_BAD_COST)
-        for i, jet in enumerate(jets):
-            cols = np.flatnonzero(real_np[jet])
+        costs = cost[jets].cpu().numpy()
+        real_np = real[jets].cpu().numpy()
+        rows_all, slots_all, jets_all = [], [], []
+        for i in range(len(jets)):
+            cols = np.flatnonzero(real_np[i])
             rows, picked = linear_sum_assignment(costs[i][:, cols])
-            out[jet, cols[picked]] = rows
-    return torch.from_numpy(out).to(cost.device)
+            rows_all.append(rows)
+            slots_all.append(cols[picked])
+            jets_all.append(np.full(len(rows), i))
+        index = torch.from_numpy(np.concatenate(jets_all)).to(cost.device)
+        slots = torch.from_numpy(np.concatenate(slots_all)).to(cost.device)
+        out[jets[index], slots] = torch.from_numpy(np.concatenate(rows_all)).to(cost.device)
+    return out
 
 
 def query_targets(query_for_target: Tensor, n_queries: int) -> Tensor:
