@@ -6,6 +6,7 @@ from salt.models.dense import Dense
 from salt.models.gnn import GATv2
 from salt.models.initnet import InitNet
 from salt.models.inputnorm import InputNorm
+from salt.models.maskformer import MaskDecoder
 from salt.models.pooling import GlobalAttentionPooling, MeanPooling, SumPooling
 from salt.models.saltmodel import SaltModel
 from salt.models.tasks import (
@@ -26,6 +27,7 @@ __all__ = [
     "GlobalAttentionPooling",
     "InitNet",
     "InputNorm",
+    "MaskDecoder",
     "MeanPooling",
     "MultiheadAttention",
     "RegressionTask",
