@@ -35,7 +35,7 @@ from salt.models.attention import MultiheadAttention
 from salt.models.layout import Packed, Padded
 from salt.models.maskformer_loss import MaskFormerLoss, ObjectRegression
 from salt.models.object_targets import ObjectTargets
-from salt.models.stack import feed_forward
+from salt.models.stack import FeedForward
 
 #: md_config keys and their defaults; upstream salt-ml names the first three.
 LAYER_DEFAULTS = {
@@ -184,11 +184,11 @@ class MaskDecoderLayer(nn.Module):
         self.q_self = MultiheadAttention(
             embed_dim, n_heads, "math" if attn_backend == "math" else "sdpa"
         )
-        self.q_ff = feed_forward(embed_dim, ff_dim, activation, 0.0)
+        self.q_ff = FeedForward(embed_dim, ff_dim, activation)
         if bidirectional_ca:
             self.norm_x = nn.ModuleList(nn.LayerNorm(embed_dim) for _ in range(3))
             self.x_cross = CrossAttention(embed_dim, n_heads, attn_backend)
-            self.x_ff = feed_forward(embed_dim, ff_dim, activation, 0.0)
+            self.x_ff = FeedForward(embed_dim, ff_dim, activation)
 
     def _allowed(self, masks: Tensor | None, layout) -> Tensor | None:
         """(B, Q, L) the tracks each query may attend to; None: all the jet's tracks."""
