@@ -29,7 +29,7 @@ from salt.data.dataset import JetDataset
 from salt.errors import SaltError
 from salt.export.outputs import OutputPlan
 from salt.export.wrapper import ExportModel
-from salt.models.saltmodel import SaltModel
+from salt.models.saltmodel import GLOBAL_EXTRAS, SaltModel
 from salt.models.tasks import ClassificationTask, VertexingTask
 
 TOLERANCE = 1e-5
@@ -95,8 +95,9 @@ def parity_set(
     n_read = len(batch["valid"][model.constituents[0]]) if model.constituents else len(read)
     features, counts, slots = {}, {}, {}
     index = np.arange(n_jets)
-    if model.global_object in model.variables:
-        features[model.global_object] = batch["inputs"][model.global_object].numpy()[index % n_read]
+    for obj in (model.global_object, GLOBAL_EXTRAS):
+        if obj in model.variables:
+            features[obj] = batch["inputs"][obj].numpy()[index % n_read]
     for obj in model.constituents:
         pool = batch["inputs"][obj].numpy()  # (N_read, F) valid constituents, packed
         valid = batch["valid"][obj].numpy()
@@ -151,20 +152,20 @@ def reference(model: SaltModel, pset: ParitySet, plan: OutputPlan) -> Reference:
     for start in range(0, n, REFERENCE_BATCH):
         stop = min(start + REFERENCE_BATCH, n)
         inputs, valid = {}, {}
-        if model.global_object in pset.features:
-            inputs[model.global_object] = torch.from_numpy(
-                pset.features[model.global_object][start:stop]
-            )
+        for obj in (model.global_object, GLOBAL_EXTRAS):
+            if obj in pset.features:
+                inputs[obj] = torch.from_numpy(pset.features[obj][start:stop])
         for obj in model.constituents:
             offsets = pset.offsets(obj)
             inputs[obj] = torch.from_numpy(pset.features[obj][offsets[start] : offsets[stop]])
             count = torch.from_numpy(pset.counts[obj][start:stop])
             valid[obj] = torch.arange(pset.slots[obj])[None, :] < count[:, None]
         outputs, _, layouts = model.run(inputs, valid or None)
+        predictions = model.task_predictions(outputs, layouts, inputs)
         for source in plan.sources:
             task = next(t for t in model.tasks if t.name == source.task)
             layout = layouts[task.name]
-            value = task.predictions(outputs[task.name], layout)[source.key]
+            value = predictions[task.name][source.key]
             if source.column is not None:
                 value = value[..., source.column]
             values.setdefault(source.name, []).append(value.float().numpy())

@@ -177,7 +177,7 @@ def build_metadata(run, export_model, plan, ns, accepts_zero: bool) -> dict:
     for obj, name in zip(export_model.objects, export_model.input_names):
         norm = model.norms[obj]
         n_vars = len(norm.variables)
-        shape = [1, n_vars] if obj == model.global_object else [f"n_{obj}", n_vars]
+        shape = [1, n_vars] if obj in export_model.jet_level else [f"n_{obj}", n_vars]
         variables = [
             {"name": v, "mean": m, "std": s}
             for v, m, s in zip(norm.variables, norm.mean.tolist(), norm.std.tolist())

@@ -3,6 +3,8 @@
 Inputs (float32, raw values: the graph normalises them with the training's mean and std):
 
 * ``jet_features``: (1, n_jet_vars), when the model has jet inputs (DIPS has none);
+* ``global_features``: (1, n_global_vars), the jet variables joined to the pooled vector after
+  the encoder (salt-ml's ``global``), when the model has them;
 * ``track_features``: (n_tracks, n_track_vars), the jet's tracks in any number (a dynamic axis,
   ``n_tracks``); other constituent types alike, ``hits`` -> ``hit_features`` (``n_hits``).
 
@@ -24,7 +26,7 @@ from torch import Tensor, nn
 from salt.export.outputs import OutputPlan
 from salt.models.attention import MultiheadAttention
 from salt.models.layout import Padded
-from salt.models.saltmodel import SaltModel
+from salt.models.saltmodel import GLOBAL_EXTRAS, SaltModel
 from salt.models.tasks import VertexingTask
 
 # reachability doubles its path length per squaring: 7 squarings join tracks up to 127 steps
@@ -33,7 +35,8 @@ VERTEX_SQUARINGS = 7
 
 
 def input_name(obj: str, global_object: str) -> str:
-    """``jets`` (the global object) -> ``jet_features``; ``tracks`` -> ``track_features``."""
+    """``jets`` (the global object) -> ``jet_features``; ``tracks`` -> ``track_features``;
+    ``global`` -> ``global_features``."""
     if obj == global_object:
         return "jet_features"
     return f"{obj.removesuffix('s')}_features"
@@ -80,17 +83,15 @@ class ExportModel(nn.Module):
         super().__init__()
         self.model = export_copy(model)
         self.plan = plan
-        self.objects = [
-            *([model.global_object] if model.global_object in model.variables else []),
-            *model.constituents,
-        ]
+        self.jet_level = [o for o in (model.global_object, GLOBAL_EXTRAS) if o in model.variables]
+        self.objects = [*self.jet_level, *model.constituents]
         self.input_names = [input_name(o, model.global_object) for o in self.objects]
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
         """Axis 0 of every constituent input, and of the outputs that follow its slots."""
         axes = {}
         for obj, name in zip(self.objects, self.input_names):
-            if obj != self.model.global_object:
+            if obj not in self.jet_level:
                 axes[name] = {0: f"n_{obj}"}
         final = dict(zip([s.name for s in self.plan.sources], self.plan.names))
         for source in self.plan.sources:
@@ -101,14 +102,13 @@ class ExportModel(nn.Module):
     def forward(self, *features: Tensor) -> tuple[Tensor, ...]:
         inputs = {}
         for obj, x in zip(self.objects, features):
-            inputs[obj] = x if obj == self.model.global_object else x[None]  # one jet: (1, n, F)
+            inputs[obj] = x if obj in self.jet_level else x[None]  # one jet: (1, n, F)
         raw, _ = self.model(inputs)
-        predictions = {}
+        layouts = {task.name: Padded(None) for task in self.model.tasks}
+        predictions = self.model.task_predictions(raw, layouts, inputs)
         for task in self.model.tasks:
             if isinstance(task, VertexingTask):
                 predictions[task.name] = {"vertex_index": dense_vertex_index(raw[task.name][0])}
-            else:
-                predictions[task.name] = task.predictions(raw[task.name], Padded(None))
         values = {}
         for source in self.plan.sources:
             value = predictions[source.task][source.key]
