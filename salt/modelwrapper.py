@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import warnings
 
 import lightning as L
 import numpy as np
@@ -18,6 +19,8 @@ from salt.models.saltmodel import SaltModel
 from salt.models.tasks import ClassificationTask
 
 log = logging.getLogger(__name__)
+# salt's hook below only adds host-side sizes; the datamodule has no transfer hook of its own
+warnings.filterwarnings("ignore", message=".*overridden `on_before_batch_transfer`.*")
 
 LRS_KEYS = ("initial", "max", "end", "pct_start", "weight_decay")
 OPTIMIZERS = ("AdamW", "lion")

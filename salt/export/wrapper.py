@@ -105,7 +105,7 @@ class ExportModel(nn.Module):
             inputs[obj] = x if obj in self.jet_level else x[None]  # one jet: (1, n, F)
         raw, _ = self.model(inputs)
         layouts = {task.name: Padded(None) for task in self.model.tasks}
-        predictions = self.model.task_predictions(raw, layouts, inputs)
+        predictions = self.model.task_predictions(raw, layouts, inputs, skip=(VertexingTask,))
         for task in self.model.tasks:
             if isinstance(task, VertexingTask):
                 predictions[task.name] = {"vertex_index": dense_vertex_index(raw[task.name][0])}

@@ -344,8 +344,11 @@ class SaltModel(nn.Module):
         layouts: dict,
         inputs: dict[str, Tensor],
         labels: dict[str, dict[str, Tensor]] | None = None,
+        skip: tuple[type, ...] = (),
     ) -> dict[str, dict[str, Tensor]]:
         """Writable predictions per task (probabilities, values, vertex indices) from `run`.
+
+        Tasks of the types in `skip` are left out (the export computes vertex indices its own way).
 
         A regression target divided by a denominator during training is multiplied back: by the
         denominator's raw input value when it is an input variable (so the exported graph does it
@@ -353,6 +356,8 @@ class SaltModel(nn.Module):
         """
         out = {}
         for task in self.tasks:
+            if isinstance(task, skip):
+                continue
             scale = None
             if isinstance(task, RegressionTask) and task.target_denominators:
                 scale = self._denominators(task, inputs, labels)
