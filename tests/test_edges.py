@@ -98,8 +98,9 @@ def test_ordered_pairs_are_within_jets_row_by_row():
     jet2 = [(a, b) for a in range(2, 6) for b in range(2, 6)]
     assert list(zip(i.tolist(), j.tolist())) == jet0 + jet2
     torch.testing.assert_close(layout.pair_index(i, j), torch.arange(20))
-    length, slots = layout.pair_slots()
-    assert length == 4 and slots[4].item() == (2 * 4 + 0) * 4 + 0
+    length, jet, cell = layout.pair_slots()
+    assert length == 4 and (jet[4].item(), cell[4].item()) == (2, 0)
+    assert (jet[7].item(), cell[7].item()) == (2, 0 * 4 + 3)
     mask = Padded(valid).pair_mask()
     assert int(mask.sum()) == 20 and mask.shape == (3, 4, 4)
 

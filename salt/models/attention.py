@@ -138,7 +138,8 @@ def attend_pairs(
     v: Tensor,
     bias: Tensor,
     gate: Tensor,
-    slots: Tensor,
+    jet: Tensor,
+    cell: Tensor,
     query: Tensor,
     n_tokens: int,
     dropout: float = 0.0,
@@ -156,8 +157,8 @@ def attend_pairs(
         (B, H, L, d), padded to the longest jet.
     bias, gate
         (P, H), one row per ordered pair.
-    slots
-        (P,) int64: each pair's place ``(jet * L + i) * L + j`` in a (B, L, L) grid.
+    jet, cell
+        (P,) int64: each pair's jet, and its cell ``i * L + j`` in that jet's (L, L) grid.
     query
         (P,) int64: each pair's query token (its segment for the softmax), in [0, n_tokens).
     n_tokens
@@ -171,14 +172,14 @@ def attend_pairs(
     softmax.
     """
     n_jets, heads, length, _ = q.shape
-    grid = (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).permute(0, 2, 3, 1)  # (B, L, L, H)
-    scores = grid.reshape(-1, heads).index_select(0, slots) + bias  # (P, H)
+    grid = (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).flatten(2)  # (B, H, L * L)
+    scores = grid[jet, :, cell] + bias  # (P, H)
     weights = segment_softmax(scores, query, n_tokens) * gate
     if dropout:
         weights = F.dropout(weights, dropout)
-    dense = weights.new_zeros((n_jets * length * length, heads)).index_copy(0, slots, weights)
-    dense = dense.view(n_jets, length, length, heads).permute(0, 3, 1, 2)  # (B, H, L, L)
-    return dense @ v, scores
+    dense = weights.new_zeros((n_jets, heads, length * length))
+    dense[jet, :, cell] = weights
+    return dense.view(n_jets, heads, length, length) @ v, scores
 
 
 def attend_varlen(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_len: int) -> Tensor:

@@ -88,7 +88,7 @@ class Packed:
         self.n_ordered_pairs = n_ordered_pairs
         self._pairs: tuple[Tensor, Tensor] | None = None
         self._ordered: tuple[Tensor, Tensor] | None = None
-        self._slots: tuple[int, Tensor] | None = None
+        self._slots: tuple[int, Tensor, Tensor] | None = None
 
     # ----------------------------------------------------------------------------- layout
     def pad(self, x: Tensor, length: int | None = None) -> tuple[Tensor, Tensor]:
@@ -205,14 +205,13 @@ class Packed:
         jet = self.batch[a]
         return self._pair_start()[jet] + self.position[a] * self.lengths[jet] + self.position[b]
 
-    def pair_slots(self) -> tuple[int, Tensor]:
-        """L (the longest jet) and (P,) each ordered pair's place ``(jet * L + i) * L + j`` in
-        the (B, L, L) grid of the jets padded to L."""
+    def pair_slots(self) -> tuple[int, Tensor, Tensor]:
+        """L (the longest jet), and (P,) each ordered pair's jet and its cell ``i * L + j`` in
+        the jet's (L, L) grid when the jets are padded to L."""
         if self._slots is None:
             i, j = self.ordered_pairs()
-            length = self.max_len
-            slots = (self.batch[i] * length + self.position[i]) * length + self.position[j]
-            self._slots = (length, slots)
+            jet = self.batch[i]
+            self._slots = (self.max_len, jet, self.position[i] * self.max_len + self.position[j])
         return self._slots
 
     def biased_attention(
@@ -220,10 +219,10 @@ class Packed:
     ) -> tuple[Tensor, Tensor]:
         """(N, H, d) each, with (P, H) bias and gate per ordered pair -> (N, H, d) and the (P, H)
         biased scores (see `salt.models.attention.attend_pairs`)."""
-        _, slots = self.pair_slots()
+        _, jet, cell = self.pair_slots()
         qp, kp, vp = (self.pad(t)[0].transpose(1, 2) for t in (q, k, v))
         query, _ = self.ordered_pairs()
-        out, scores = attend_pairs(qp, kp, vp, bias, gate, slots, query, self.n_tokens, dropout)
+        out, scores = attend_pairs(qp, kp, vp, bias, gate, jet, cell, query, self.n_tokens, dropout)
         return self.unpad(out.transpose(1, 2)), scores
 
 

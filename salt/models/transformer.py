@@ -12,9 +12,10 @@ With edges (``edge_embed_dim``, GN2XE): every ordered pair of a jet's tokens car
 embedding, (P, E) packed or (B, L, L, E) padded, that biases and gates each head's attention
 (see salt.models.attention). With ``update_edges`` the edges form a second residual stream:
 ``e <- e + W s``, where s are the layer's biased attention scores of the pair (one per head),
-and each layer reads its edges through a norm (``norm(e)``). salt-ml replaces the edges by a
-projection of the scores instead, which keeps only one number per head of every pair after the
-first layer; the residual keeps all E features.
+and each layer reads its edges through a norm (``norm(e)``); the last layer, whose edges would go
+nowhere, does not update them. salt-ml replaces the edges by a projection of the scores instead,
+which keeps only one number per head of every pair after the first layer; the residual keeps
+all E features.
 """
 
 from __future__ import annotations
