@@ -291,8 +291,10 @@ def test_edge_step_is_sync_free():
     inputs, valid, labels = edge_batch(("tracks", "flows"))
     model = edge_model(types=("tracks", "flows"), registers=2)
     assert step(model, packed(inputs, valid), valid, labels) == []
-    inputs, valid, labels = edge_batch()
-    assert step(edge_model(), packed(inputs, valid), valid, labels) == []
+    for registers in (0, 1):  # one type alone, and with salt-ml's one register
+        inputs, valid, labels = edge_batch()
+        model = edge_model(registers=registers)
+        assert step(model, packed(inputs, valid), valid, labels) == []
 
 
 # ---------------------------------------------------------------------------------- errors

@@ -33,6 +33,7 @@ from salt.models.initnet import InitNet
 from salt.models.inputnorm import InputNorm
 from salt.models.layout import Packed, Padded
 from salt.models.tasks import RegressionTask, TaskBase
+from salt.models.transformer import Transformer
 
 ATTENTION_LAYOUTS = ("packed", "padded")
 # jet-level inputs other than the global object's own: joined to the pooled jet vector
@@ -171,7 +172,7 @@ class SaltModel(nn.Module):
                 getattr(encoder, "embed_dim", 0),
                 getattr(encoder, "out_dim", 0),
             )
-            if len(self.featurewise.layers) and not hasattr(encoder, "edge_embed_dim"):
+            if len(self.featurewise.layers) and not isinstance(encoder, Transformer):
                 raise SaltError("featurewise_nets at layer 'encoder' need a Transformer encoder.")
         # the parameters join every init net's inputs, unless transforms at the inputs use them
         self.concat_parameters = bool(self.n_parameters) and not (
