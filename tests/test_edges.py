@@ -352,3 +352,38 @@ def test_edge_configuration_errors(kwargs, match):
 def test_update_edges_needs_edges():
     with pytest.raises(ValueError, match="update_edges needs edges"):
         Transformer(D, 1, 2, update_edges=True)
+
+
+# ---------------------------------------------------------------------------------- export
+def test_edge_model_exports_to_onnx_with_parity_at_several_track_counts():
+    import onnxruntime as ort
+
+    from salt.export.outputs import output_plan
+    from salt.export.to_onnx import export_bytes
+    from salt.export.wrapper import ExportModel
+
+    model = edge_model(registers=1)  # salt-ml's default register: a jet may have no track
+    inputs, valid, labels = edge_batch(n_jets=8, slots=12)
+    model.train()
+    model(packed(inputs, valid), valid, labels)  # fixes the edge norm
+    model.eval()
+    reference, _ = model(packed(inputs, valid), valid)
+    probs = torch.softmax(reference["jets_classification"], -1)
+    export = ExportModel(model, output_plan(model, "GN2XE"))
+    example = {
+        "jet_features": inputs["jets"][:1].numpy(),
+        "track_features": inputs["tracks"][0, valid["tracks"][0]].numpy(),
+    }
+    session = ort.InferenceSession(export_bytes(export, example))
+    first = export.plan.names[:3]
+    assert first == ["GN2XE_phbb", "GN2XE_ptop", "GN2XE_pqcd"]
+    counts = set()
+    for b in range(8):
+        tracks = inputs["tracks"][b, valid["tracks"][b]].numpy()
+        counts.add(len(tracks))
+        out = session.run(first, {"jet_features": inputs["jets"][b : b + 1].numpy(),
+                                  "track_features": tracks})  # fmt: skip
+        torch.testing.assert_close(
+            torch.tensor([o.item() for o in out]), probs[b], rtol=1e-4, atol=1e-5
+        )
+    assert 0 in counts and len(counts) >= 4
