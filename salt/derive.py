@@ -14,7 +14,7 @@ from salt.data.dataset import JetDataset
 from salt.data.h5files import open_h5, resolve_files
 from salt.data.yamldicts import load_class_weights
 from salt.errors import SaltError
-from salt.models.saltmodel import GLOBAL_EXTRAS
+from salt.models.saltmodel import GLOBAL_EXTRAS, PARAMETERS
 
 CLASSIFICATION = "salt.models.tasks.ClassificationTask"
 REGRESSION = ("salt.models.tasks.RegressionTask", "salt.models.tasks.GaussianRegressionTask")
@@ -69,9 +69,15 @@ def derive(config, subcommand: str) -> None:
     model_args.variables = {k: list(v) for k, v in variables.items()}
     model_args.norm_dict = data.norm_dict
     model_args.input_map = dict(input_map)
-    if GLOBAL_EXTRAS in variables:
-        model_args.input_map[GLOBAL_EXTRAS] = input_map.get(global_object, global_object)
+    for extra in (GLOBAL_EXTRAS, PARAMETERS):
+        if extra in variables:
+            model_args.input_map[extra] = input_map.get(global_object, global_object)
     model_args.global_object = global_object
+    # edge features are computed by the model, from the raw inputs of the type they relate
+    edge_constructors = data.get("edge_constructors") or []
+    model_args.edge_features = {
+        str(c["input_name"]): list(c["edge_features"]) for c in edge_constructors
+    } or None
     if data.norm_dict is None:
         raise SaltError("data.norm_dict is not set: point it to UPP's norm_dict.yaml.")
 

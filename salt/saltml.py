@@ -18,6 +18,11 @@ What differs between the schemas (salt-ml on the left):
   regression ``norm_params: {mean, std}`` -> ``scales``; ``scaler`` (RegressionTargetScaler)
   -> ``scaler``; the vertexing head's ``input_size`` (a pair: twice the track features) -> the
   track features.
+* ``edge_init_nets[].dense_config`` -> flat keys, as for init nets (the input size is the
+  number of edge features); ``featurewise_nets[]`` keep their keys, with salt-ml's dense
+  defaults written out (ReLU, one hidden layer twice the number of parameters).
+  ``data.edge_constructors``, ``data.parameters`` and ``data.variables.parameters`` keep their
+  form.
 * trainer callbacks of salt-ml -> salt's (TQDMProgressBar -> salt's ProgressBar, ...); salt's
   checkpoint, progress and interruption callbacks are always kept.
 
@@ -212,13 +217,33 @@ class Translator:
     # ----------------------------------------------------------------------------- SaltModel
     def saltmodel(self, args: dict, data: dict) -> None:
         key = "model.model.init_args"
-        self.check_keys(args, ("init_nets", "encoder", "pool_net", "tasks"), key)
+        self.check_keys(
+            args,
+            ("init_nets", "encoder", "pool_net", "tasks", "edge_init_nets", "featurewise_nets"),
+            key,
+        )
         variables = data.get("variables") or {}
         global_object = data.get("global_object", "jets")
         args["init_nets"] = [
             self.init_net(n, f"{key}.init_nets[{i}]", variables, global_object)
             for i, n in enumerate(args.get("init_nets") or [])
         ]
+        if args.get("edge_init_nets"):
+            features = {
+                c.get("input_name"): list(c.get("edge_features") or [])
+                for c in data.get("edge_constructors") or []
+                if isinstance(c, dict)
+            }
+            args["edge_init_nets"] = [
+                self.edge_init_net(n, f"{key}.edge_init_nets[{i}]", features)
+                for i, n in enumerate(args["edge_init_nets"])
+            ]
+        if args.get("featurewise_nets"):
+            n_parameters = len(variables.get("parameters") or [])
+            args["featurewise_nets"] = [
+                self.featurewise_net(n, f"{key}.featurewise_nets[{i}]", n_parameters)
+                for i, n in enumerate(args["featurewise_nets"])
+            ]
         if args.get("encoder") is not None:
             args["encoder"] = self.encoder(args["encoder"], f"{key}.encoder")
         if args.get("pool_net") is not None:
@@ -278,6 +303,42 @@ class Translator:
         out.update(dense)
         if "attach_global" in net:
             out["attach_global"] = net["attach_global"]
+        return out
+
+    def edge_init_net(self, net: dict, key: str, features: dict[str, list[str]]) -> dict:
+        self.check_keys(net, ("input_name", "dense_config"), key)
+        # salt-ml names the edge input `_edge_features_<type>` inside; configs may use either
+        name = str(net.get("input_name", "")).removeprefix("_edge_features_")
+        if name not in features:
+            self.fail(
+                f"{key}.input_name",
+                f"'{name}' has no edge features: add data.edge_constructors: [{{input_name: "
+                f"{name}, edge_features: [...]}}].",
+            )
+        dense = self.dense(dict(net.get("dense_config") or {}), f"{key}.dense_config", ())
+        if dense.get("context_size"):
+            self.fail(f"{key}.dense_config.context_size", "an edge init net has no context.")
+        dense.pop("input_size", None)  # the number of edge features, in both
+        dense.setdefault("hidden_layers", [2 * len(features[name])])
+        return {"input_name": name, **dense}
+
+    def featurewise_net(self, net: dict, key: str, n_parameters: int) -> dict:
+        self.check_keys(
+            net,
+            ("layer", "dense_config_scale", "dense_config_bias", "apply_norm", "variables"),
+            key,
+        )
+        out = {"layer": net.get("layer")}
+        for name in ("dense_config_scale", "dense_config_bias"):
+            if net.get(name):
+                dense = self.dense(dict(net[name]), f"{key}.{name}", ("final_activation",))
+                if dense.get("context_size"):
+                    self.fail(f"{key}.{name}.context_size", "a featurewise net has no context.")
+                dense.pop("input_size", None)  # the number of parameters, in both
+                dense.setdefault("hidden_layers", [2 * n_parameters])
+                out[name] = dense
+        if "apply_norm" in net:
+            out["apply_norm"] = net["apply_norm"]
         return out
 
     def encoder(self, encoder: dict, key: str) -> dict:

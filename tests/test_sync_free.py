@@ -93,6 +93,6 @@ def test_host_sizes():
         "flows": torch.tensor([[1, 0], [1, 1]], dtype=torch.bool),
     }
     sizes = host_sizes(valid, ["tracks", "flows"])
-    assert sizes["tracks"] == {"max_len": 3, "n_pairs": 3}
-    assert sizes["flows"] == {"max_len": 2, "n_pairs": 1}
-    assert sizes["merged"] == {"max_len": 4}
+    assert sizes["tracks"] == {"max_len": 3, "n_pairs": 3, "n_ordered_pairs": 9 + 1}
+    assert sizes["flows"] == {"max_len": 2, "n_pairs": 1, "n_ordered_pairs": 1 + 4}
+    assert sizes["merged"] == {"max_len": 4, "n_ordered_pairs": 16 + 9}

@@ -8,7 +8,10 @@ Two layouts, one interface, so that every encoder, pooling and task is written o
   slot is valid (one jet at a time, as ONNX runs it).
 
 Both offer `pad`/`unpad` (to and from a padded view), `sum` and `softmax` over the constituents of
-each jet, `attention`, and the pairs of constituents within a jet.
+each jet, `attention`, and the pairs of constituents within a jet: unordered pairs i < j (for
+vertexing), and ordered pairs (i, j) including i == j (edges, `biased_attention`). The packed
+layout lists the ordered pairs of valid constituents only, sum over jets of n^2 rows (P); the
+padded one holds them as a (B, L, L) grid.
 """
 
 from __future__ import annotations
@@ -17,7 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from salt.models.attention import attend, attend_varlen, varlen_usable
+from salt.models.attention import (
+    attend,
+    attend_biased,
+    attend_pairs,
+    attend_varlen,
+    segment_softmax,
+    varlen_usable,
+)
 
 
 def _neg_fill(scores: Tensor) -> float:
@@ -41,8 +51,9 @@ class Packed:
         waits for the device).
     width
         Slots per jet of the padded form (default: T of `valid`, else the longest jet).
-    n_pairs
-        Number of within-jet pairs, when the caller knows it (see `host_sizes`).
+    n_pairs, n_ordered_pairs
+        Number of within-jet pairs i < j, and of ordered pairs (i, j) including i == j, when the
+        caller knows them (see `host_sizes`).
     """
 
     def __init__(
@@ -54,6 +65,7 @@ class Packed:
         max_len: int | None = None,
         width: int | None = None,
         n_pairs: int | None = None,
+        n_ordered_pairs: int | None = None,
     ):
         if (valid is None) == (lengths is None):
             raise ValueError("Packed takes exactly one of valid and lengths")
@@ -73,7 +85,10 @@ class Packed:
             torch.arange(self.n_tokens, device=device) - self.cu_seqlens[self.batch].long()
         )  # (N,)
         self.n_pairs = n_pairs
+        self.n_ordered_pairs = n_ordered_pairs
         self._pairs: tuple[Tensor, Tensor] | None = None
+        self._ordered: tuple[Tensor, Tensor] | None = None
+        self._slots: tuple[int, Tensor, Tensor] | None = None
 
     # ----------------------------------------------------------------------------- layout
     def pad(self, x: Tensor, length: int | None = None) -> tuple[Tensor, Tensor]:
@@ -111,11 +126,7 @@ class Packed:
 
     def softmax(self, scores: Tensor) -> Tensor:
         """(N, H) -> (N, H): softmax over the constituents of each jet."""
-        idx = self.batch[:, None].expand_as(scores)
-        peak = scores.new_full((self.n_jets, scores.shape[1]), _neg_fill(scores))
-        peak = peak.scatter_reduce(0, idx, scores, "amax", include_self=True)
-        e = torch.exp(scores - peak[self.batch])
-        return e / self.sum(e)[self.batch]
+        return segment_softmax(scores, self.batch, self.n_jets)
 
     def attention(
         self, q: Tensor, k: Tensor, v: Tensor, backend: str = "auto", dropout: float = 0.0
@@ -164,6 +175,56 @@ class Packed:
             self._pairs = (start + i, start + j)
         return self._pairs
 
+    def ordered_pairs(self) -> tuple[Tensor, Tensor]:
+        """Token indices (i, j) of every ordered pair of constituents of a jet, i == j included.
+
+        (P,) each, P = sum over jets of n^2: jet after jet, and within a jet row by row (query
+        i, then key j), so that pair (a, b) of a jet sits at `pair_index`. Built without reading
+        anything off the device when `n_ordered_pairs` is known.
+        """
+        if self._ordered is None:
+            device = self.lengths.device
+            counts = self.lengths * self.lengths  # (B,)
+            n_pairs = self.n_ordered_pairs
+            if n_pairs is None:
+                n_pairs = int(counts.sum())
+            jets = torch.arange(self.n_jets, device=device)
+            jet = torch.repeat_interleave(jets, counts, output_size=n_pairs)  # (P,)
+            within = torch.arange(n_pairs, device=device) - self._pair_start()[jet]
+            n = self.lengths[jet]
+            start = self.cu_seqlens[jet].long()
+            self._ordered = (start + within // n, start + within % n)
+        return self._ordered
+
+    def _pair_start(self) -> Tensor:
+        """(B,) index of each jet's first ordered pair."""
+        return F.pad((self.lengths * self.lengths).cumsum(0), (1, 0))[:-1]
+
+    def pair_index(self, a: Tensor, b: Tensor) -> Tensor:
+        """Row of the ordered pair of tokens (a, b) in `ordered_pairs`; both of one jet."""
+        jet = self.batch[a]
+        return self._pair_start()[jet] + self.position[a] * self.lengths[jet] + self.position[b]
+
+    def pair_slots(self) -> tuple[int, Tensor, Tensor]:
+        """L (the longest jet), and (P,) each ordered pair's jet and its cell ``i * L + j`` in
+        the jet's (L, L) grid when the jets are padded to L."""
+        if self._slots is None:
+            i, j = self.ordered_pairs()
+            jet = self.batch[i]
+            self._slots = (self.max_len, jet, self.position[i] * self.max_len + self.position[j])
+        return self._slots
+
+    def biased_attention(
+        self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, gate: Tensor, dropout: float = 0.0
+    ) -> tuple[Tensor, Tensor]:
+        """(N, H, d) each, with (P, H) bias and gate per ordered pair -> (N, H, d) and the (P, H)
+        biased scores (see `salt.models.attention.attend_pairs`)."""
+        _, jet, cell = self.pair_slots()
+        qp, kp, vp = (self.pad(t)[0].transpose(1, 2) for t in (q, k, v))
+        query, _ = self.ordered_pairs()
+        out, scores = attend_pairs(qp, kp, vp, bias, gate, jet, cell, query, self.n_tokens, dropout)
+        return self.unpad(out.transpose(1, 2)), scores
+
 
 def _pair_of(q: Tensor) -> tuple[Tensor, Tensor]:
     """(i, j) of pair number q in the order (0,1), (0,2), (1,2), (0,3), ...: j(j-1)/2 <= q."""
@@ -177,9 +238,10 @@ def _pair_of(q: Tensor) -> tuple[Tensor, Tensor]:
 def host_sizes(valid: dict[str, Tensor], merged: list[str] | None = None) -> dict[str, dict]:
     """What the packed layouts need to know before the batch goes to the device, as host ints.
 
-    For each constituent type: its longest jet and its number of within-jet pairs; for the types
-    in `merged` (encoded together), the longest jet over all of them. Computed on the CPU copy of
-    `valid` (B, T), so the training step never waits for the device to report a size.
+    For each constituent type: its longest jet, its number of within-jet pairs i < j and of
+    ordered pairs (i, j) with i == j; for the types in `merged` (encoded together), the longest
+    jet and the ordered pairs over all of them (registers not counted). Computed on the CPU copy
+    of `valid` (B, T), so the training step never waits for the device to report a size.
     """
     sizes: dict[str, dict] = {}
     lengths = {name: mask.sum(1) for name, mask in valid.items()}
@@ -187,10 +249,14 @@ def host_sizes(valid: dict[str, Tensor], merged: list[str] | None = None) -> dic
         sizes[name] = {
             "max_len": int(n.max()) if len(n) else 0,
             "n_pairs": int((n * (n - 1) // 2).sum()),
+            "n_ordered_pairs": int((n * n).sum()),
         }
     if merged and len(merged) > 1:
         total = sum(lengths[name] for name in merged)
-        sizes["merged"] = {"max_len": int(total.max()) if len(total) else 0}
+        sizes["merged"] = {
+            "max_len": int(total.max()) if len(total) else 0,
+            "n_ordered_pairs": int((total * total).sum()),
+        }
     return sizes
 
 
@@ -249,3 +315,19 @@ class Padded:
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         out = attend(q, k, v, self.mask, backend, dropout)
         return out.transpose(1, 2)
+
+    def pair_mask(self) -> Tensor | None:
+        """(B, L, L) bool, True where both slots of a pair are real; None when all are."""
+        if self.mask is None:
+            return None
+        return self.mask[:, :, None] & self.mask[:, None, :]
+
+    def biased_attention(
+        self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, gate: Tensor, dropout: float = 0.0
+    ) -> tuple[Tensor, Tensor]:
+        """(B, L, H, d) each, with (B, L, L, H) bias and gate -> (B, L, H, d) and the
+        (B, L, L, H) biased scores."""
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        bias, gate = bias.permute(0, 3, 1, 2), gate.permute(0, 3, 1, 2)
+        out, scores = attend_biased(q, k, v, bias, gate, self.mask, dropout)
+        return out.transpose(1, 2), scores.permute(0, 2, 3, 1)

@@ -13,6 +13,12 @@ Two ways in, one code path:
 Several constituent types (tracks, flows, electrons, ...) are embedded by their own init nets and
 merged jet by jet into one token set, followed by the encoder's registers; the encoder sees each
 jet's tokens together, and every type's tokens are picked out again for its tasks.
+
+Edge features (salt.models.edges) are computed from a type's raw inputs for its ordered pairs of
+constituents, embedded by that type's edge init net and placed among the ordered pairs of the
+merged token set (packed: P rows; padded: a (B, L, L) grid); the encoder's attention reads them.
+Jet-level parameters (salt.models.featurewise) join every init net's inputs, or condition the
+model through featurewise transforms.
 """
 
 from __future__ import annotations
@@ -21,14 +27,20 @@ import torch
 from torch import Tensor, nn
 
 from salt.errors import SaltError
+from salt.models.edges import build_edges, edge_dim_of
+from salt.models.featurewise import Featurewise, parameter_norm
 from salt.models.initnet import InitNet
 from salt.models.inputnorm import InputNorm
 from salt.models.layout import Packed, Padded
 from salt.models.tasks import RegressionTask, TaskBase
+from salt.models.transformer import Transformer
 
 ATTENTION_LAYOUTS = ("packed", "padded")
 # jet-level inputs other than the global object's own: joined to the pooled jet vector
 GLOBAL_EXTRAS = "global"
+# jet-level inputs that condition the model (parameterised networks)
+PARAMETERS = "parameters"
+JET_LEVEL = (GLOBAL_EXTRAS, PARAMETERS)
 
 
 class SaltModel(nn.Module):
@@ -49,9 +61,13 @@ class SaltModel(nn.Module):
         Pooling from constituents to one vector per jet.
     variables
         Input variables per object type (filled in by `salt` from data.variables). Variables
-        under ``global`` are jet variables joined to the pooled vector after the encoder.
+        under ``global`` are jet variables joined to the pooled vector after the encoder; under
+        ``parameters``, the parameters of a parameterised network (see `featurewise_nets`).
     norm_dict
         UPP's norm_dict.yaml (filled in by `salt` from data.norm_dict); None: no normalisation.
+        Parameters are normalised with their entry where the norm dict has one (under
+        ``parameters`` or the jet dataset), else passed as they are (salt-ml never normalises
+        them).
     input_map
         Config name -> dataset name (filled in by `salt`), to find norm dict entries.
     global_object
@@ -59,6 +75,16 @@ class SaltModel(nn.Module):
     attention
         ``packed``: the encoder sees only valid constituents. ``padded``: it sees every jet padded
         to the stored slot count, as the upstream implementation does (for comparisons).
+    edge_features
+        ``{type: [feature, ...]}``: edge features computed per ordered pair of constituents of
+        that type (filled in by `salt` from data.edge_constructors; see salt.models.edges).
+    edge_init_nets
+        One dict per type with edge features: ``{input_name: tracks, output_size: 32,
+        hidden_layers: [32], activation: SiLU}``; output_size is the encoder's edge_embed_dim.
+    featurewise_nets
+        ``[{layer: input|encoder|global, dense_config_scale, dense_config_bias, apply_norm}]``:
+        featurewise transforms by the parameters (salt.models.featurewise). Without them, or with
+        none at ``input``, the parameters are concatenated to every init net's inputs.
     """
 
     def __init__(
@@ -72,6 +98,9 @@ class SaltModel(nn.Module):
         input_map: dict[str, str] | None = None,
         global_object: str = "jets",
         attention: str = "packed",
+        edge_features: dict[str, list[str]] | None = None,
+        edge_init_nets: list[dict] | None = None,
+        featurewise_nets: list[dict] | None = None,
     ):
         super().__init__()
         if variables is None:
@@ -83,23 +112,32 @@ class SaltModel(nn.Module):
         self.attention = attention
         self.input_map = dict(input_map or {})
 
+        normed = {k: v for k, v in self.variables.items() if k != PARAMETERS}
         if norm_dict is not None:
-            norms = InputNorm.from_norm_dict(norm_dict, self.variables, self.input_map)
+            norms = InputNorm.from_norm_dict(norm_dict, normed, self.input_map)
         else:
-            norms = {
-                k: InputNorm(v, [0.0] * len(v), [1.0] * len(v), k)
-                for k, v in self.variables.items()
-            }
+            norms = {k: InputNorm(v, [0.0] * len(v), [1.0] * len(v), k) for k, v in normed.items()}
         self.norms = nn.ModuleDict(norms)
+        # apart from `norms`: a ModuleDict key cannot be `parameters` (a method of nn.Module)
+        self.parameter_norm = None
+        if PARAMETERS in self.variables:
+            dataset = self.input_map.get(PARAMETERS, self.global_object)
+            self.parameter_norm = parameter_norm(self.variables[PARAMETERS], norm_dict, dataset)
+        self.n_parameters = len(self.variables.get(PARAMETERS, []))
 
-        self.init_nets = nn.ModuleDict()
+        specs: dict[str, tuple[int, dict]] = {}  # input size (before parameters) and config
         for config in init_nets:
             config = dict(config)
             name = config.pop("input_name", None)
-            if name == GLOBAL_EXTRAS:
+            if name in JET_LEVEL:
                 raise SaltError(
-                    "an init net for 'global': variables under data.variables.global are joined "
-                    "to the pooled jet vector, not embedded; remove that init net."
+                    f"an init net for '{name}': variables under data.variables.{name} are "
+                    + (
+                        "joined to the pooled jet vector"
+                        if name == GLOBAL_EXTRAS
+                        else "joined to every init net's inputs (or used by featurewise_nets)"
+                    )
+                    + ", not embedded; remove that init net."
                 )
             if name not in self.variables:
                 raise SaltError(
@@ -113,16 +151,41 @@ class SaltModel(nn.Module):
             if attach:
                 size += len(self.variables[global_object])
             config.pop("input_size", None)
-            self.init_nets[name] = InitNet(name, size, **config)
-        self.constituents = [n for n in self.init_nets if n != global_object]
-        if not self.init_nets:
+            specs[name] = (size, config)
+        if not specs:
             raise SaltError("SaltModel needs at least one init net.")
+        self.constituents = [n for n in specs if n != global_object]
 
         self.encoder = encoder
         self.pool_net = pool_net
         self.tasks = nn.ModuleList(tasks)
         self.num_registers = int(getattr(encoder, "num_registers", 0) or 0)
         self.drop_registers = bool(getattr(encoder, "drop_registers", False))
+        self.featurewise = None
+        if featurewise_nets:
+            layers = len(getattr(encoder, "layers", [])) if encoder is not None else 0
+            self.featurewise = Featurewise(
+                featurewise_nets,
+                self.n_parameters,
+                {name: size for name, (size, _) in specs.items()},
+                layers,
+                getattr(encoder, "embed_dim", 0),
+                getattr(encoder, "out_dim", 0),
+            )
+            if len(self.featurewise.layers) and not isinstance(encoder, Transformer):
+                raise SaltError("featurewise_nets at layer 'encoder' need a Transformer encoder.")
+        # the parameters join every init net's inputs, unless transforms at the inputs use them
+        self.concat_parameters = bool(self.n_parameters) and not (
+            self.featurewise is not None and self.featurewise.replaces_concatenation
+        )
+        extra = self.n_parameters if self.concat_parameters else 0
+        self.init_nets = nn.ModuleDict(
+            {name: InitNet(name, size + extra, **config) for name, (size, config) in specs.items()}
+        )
+        self.edges = build_edges(
+            edge_features or {}, edge_init_nets or [], self.variables, self.constituents,
+            edge_dim_of(encoder),
+        )  # fmt: skip
         self._check_sizes()
 
     # ----------------------------------------------------------------------------- checks
@@ -197,12 +260,28 @@ class SaltModel(nn.Module):
                 )
 
     # ----------------------------------------------------------------------------- forward
+    def _init_input(self, name: str, x: Tensor, layout, jets, params) -> Tensor:
+        """An init net's input: normalised features, joined jet features, then the parameters
+        (joined, or through the featurewise transform at the inputs)."""
+        if name != self.global_object and self.init_nets[name].attach_global:
+            x = torch.cat([x, layout.per_token(jets, x)], dim=-1)
+        if self.concat_parameters:
+            x = torch.cat([x, params if layout is None else layout.per_token(params, x)], dim=-1)
+        elif self.featurewise is not None and name in self.featurewise.inputs:
+            x = self.featurewise.inputs[name](params, x, layout)
+        return x
+
     def _embed(self, inputs, valid, sizes=None):
-        """Normalise and embed each constituent type; returns tokens and layouts per type."""
-        jets = None
+        """Normalise and embed each constituent type.
+
+        Returns the normalised jet features and parameters, and per type the tokens, the layout
+        and the raw inputs (which the edge features read)."""
+        jets = params = None
         if self.global_object in self.variables:
             jets = self.norms[self.global_object](inputs[self.global_object])
-        tokens, layouts = {}, {}
+        if PARAMETERS in self.variables:
+            params = self.parameter_norm(inputs[PARAMETERS])
+        tokens, layouts, raw = {}, {}, {}
         for name in self.constituents:
             x = inputs[name]
             if valid is not None:
@@ -214,15 +293,15 @@ class SaltModel(nn.Module):
                     n_tokens=x.shape[0],
                     max_len=known.get("max_len"),
                     n_pairs=known.get("n_pairs"),
+                    n_ordered_pairs=known.get("n_ordered_pairs"),
                 )
             else:
                 layout = Padded(None)
-            x = self.norms[name](x)
-            if self.init_nets[name].attach_global:
-                x = torch.cat([x, layout.per_token(jets, x)], dim=-1)
+            raw[name] = x
+            x = self._init_input(name, self.norms[name](x), layout, jets, params)
             tokens[name] = self.init_nets[name](x)
             layouts[name] = layout
-        return jets, tokens, layouts
+        return jets, params, tokens, layouts, raw
 
     def _merge(self, tokens: dict[str, Tensor], layouts: dict, valid, sizes=None) -> tuple:
         """All constituent types and the registers in one token set, jet by jet.
@@ -251,11 +330,17 @@ class SaltModel(nn.Module):
         lengths = sum(layouts[n].lengths for n in self.constituents)
         n_real = sum(layouts[n].n_tokens for n in self.constituents)
         width = sum(layouts[n].width for n in self.constituents)
-        max_len = (sizes or {}).get("merged", {}).get("max_len")
-        real = Packed(lengths=lengths, n_tokens=n_real, width=width, max_len=max_len)
+        merged_key = "merged" if len(self.constituents) > 1 else self.constituents[0]
+        known = (sizes or {}).get(merged_key, {})
+        n_ordered = known.get("n_ordered_pairs")
+        real = Packed(lengths=lengths, n_tokens=n_real, width=width,
+                      max_len=known.get("max_len"), n_ordered_pairs=n_ordered)  # fmt: skip
         if n_reg:
+            if n_ordered is not None:  # sum of (n + R)^2 over jets
+                n_ordered += 2 * n_reg * n_real + n_jets * n_reg * n_reg
             merged = Packed(lengths=lengths + n_reg, n_tokens=n_real + n_jets * n_reg,
-                            max_len=real.max_len + n_reg, width=width + n_reg)  # fmt: skip
+                            max_len=real.max_len + n_reg, width=width + n_reg,
+                            n_ordered_pairs=n_ordered)  # fmt: skip
         else:
             merged = real
         start = merged.cu_seqlens.long()
@@ -279,13 +364,25 @@ class SaltModel(nn.Module):
         pool = start[real.batch] + real.position
         return x, merged, where, pool, real
 
-    def _encode(self, x: Tensor, layout) -> Tensor:
+    def _encode(self, x: Tensor, layout, edges: Tensor | None, params: Tensor | None) -> Tensor:
         if self.encoder is None:
             return x
-        if self.attention == "padded" and isinstance(layout, Packed):
-            padded, mask = layout.pad(x, length=layout.width)
-            return layout.unpad(self.encoder(padded, Padded(mask)))
-        return self.encoder(x, layout)
+        padded = self.attention == "padded" and isinstance(layout, Packed)
+        inner = layout
+        if padded:
+            x, mask = layout.pad(x, length=layout.width)
+            inner = Padded(mask)
+        extra = {}
+        if edges is not None:
+            extra["edges"] = edges
+        if self.featurewise is not None and len(self.featurewise.layers):
+            extra["conditions"] = [
+                lambda h, f=f: f(params, h, inner) for f in self.featurewise.layers
+            ]
+        x = self.encoder(x, inner, **extra)
+        if self.featurewise is not None and self.featurewise.output is not None:
+            x = self.featurewise.output(params, x, inner)
+        return layout.unpad(x) if padded else x
 
     def run(
         self,
@@ -299,10 +396,14 @@ class SaltModel(nn.Module):
         `sizes`: the host-side sizes of `salt.models.layout.host_sizes`; with them the packed
         path never waits for the device to report a length.
         """
-        jets, tokens, layouts = self._embed(inputs, valid, sizes)
+        jets, params, tokens, layouts, raw = self._embed(inputs, valid, sizes)
         if self.constituents:
             x, layout, where, pool, pool_layout = self._merge(tokens, layouts, valid, sizes)
-            x = self._encode(x, layout)
+            edges = None
+            if self.edges is not None:
+                padded = self.attention == "padded" and valid is not None
+                edges = self.edges(raw, layouts, layout, where, padded, self.num_registers)
+            x = self._encode(x, layout, edges, params)
             if pool is None:
                 pooled = self.pool_net(x, pool_layout)
             else:
@@ -310,7 +411,8 @@ class SaltModel(nn.Module):
             for name, place in where.items():
                 tokens[name] = x if place is None else (x[:, place] if valid is None else x[place])
         else:
-            pooled = self.init_nets[self.global_object](jets)
+            x = self._init_input(self.global_object, jets, None, jets, params)
+            pooled = self.init_nets[self.global_object](x)
         if GLOBAL_EXTRAS in self.variables:
             pooled = torch.cat([pooled, self.norms[GLOBAL_EXTRAS](inputs[GLOBAL_EXTRAS])], -1)
         outputs, losses, task_layouts = {}, {}, {}

@@ -7,9 +7,20 @@ Three ways to place the norms in a layer (``norm_type``):
 * ``hybrid``: the first layer is pre-norm; later layers attend without a norm in front but with
   RMS-normalised queries, keys and values, then normalise the residual stream before the
   feed-forward block (``y = norm(x); y + ff(y)``). GN3 uses it with RMSNorm.
+
+With edges (``edge_embed_dim``, GN2XE): every ordered pair of a jet's tokens carries an edge
+embedding, (P, E) packed or (B, L, L, E) padded, that biases and gates each head's attention
+(see salt.models.attention). With ``update_edges`` the edges form a second residual stream:
+``e <- e + W s``, where s are the layer's biased attention scores of the pair (one per head),
+and each layer reads its edges through a norm (``norm(e)``); the last layer, whose edges would go
+nowhere, does not update them. salt-ml replaces the edges by a projection of the scores instead,
+which keeps only one number per head of every pair after the first layer; the residual keeps
+all E features.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -35,6 +46,10 @@ class EncoderLayer(nn.Module):
         ``LayerNorm`` or ``RMSNorm``; ``pre``, ``post`` or ``hybrid`` (see the module docstring).
     depth
         Position of the layer in the stack (the hybrid scheme treats the first layer apart).
+    edge_dim, update_edges
+        Edge embedding features (0: no edges) and whether the layer updates the edges.
+    edge_norm
+        Read the edges through a norm (in stacks whose edges change from layer to layer).
     """
 
     def __init__(
@@ -50,6 +65,9 @@ class EncoderLayer(nn.Module):
         gated: bool = False,
         attn_dropout: float = 0.0,
         depth: int = 0,
+        edge_dim: int = 0,
+        update_edges: bool = False,
+        edge_norm: bool = False,
     ):
         super().__init__()
         if norm_type not in NORM_TYPES:
@@ -57,23 +75,39 @@ class EncoderLayer(nn.Module):
         self.mode = "pre" if norm_type == "hybrid" and depth == 0 else norm_type
         qkv_norm = self.mode == "hybrid"
         self.attn = MultiheadAttention(
-            embed_dim, num_heads, attn_backend, attn_dropout, qk_norm=qkv_norm, v_norm=qkv_norm
-        )
+            embed_dim, num_heads, attn_backend, attn_dropout, qk_norm=qkv_norm, v_norm=qkv_norm,
+            edge_dim=edge_dim, update_edges=update_edges,
+        )  # fmt: skip
+        self.edge_norm = make_norm(norm, edge_dim) if edge_norm else None
         self.ff = FeedForward(embed_dim, ff_dim, activation, dropout, gated)
         self.norm1 = make_norm(norm, embed_dim) if self.mode != "hybrid" else nn.Identity()
         self.norm2 = make_norm(norm, embed_dim)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, layout) -> Tensor:
-        """(N, D) packed or (B, L, D) padded -> same shape."""
+    def forward(self, x: Tensor, layout, edges: Tensor | None = None):
+        """(N, D) packed or (B, L, D) padded -> same shape.
+
+        With `edges` ((P, E) for the layout's ordered pairs, or (B, L, L, E)): returns
+        ``(x, edges)``, the edges updated when the layer updates them.
+        """
+        h = self.norm1(x) if self.mode == "pre" else x
+        if edges is None:
+            attend, update = self.attn(h, layout), None
+        else:
+            seen = edges if self.edge_norm is None else self.edge_norm(edges)
+            attend, update = self.attn(h, layout, seen)
         if self.mode == "pre":
-            x = x + self.drop(self.attn(self.norm1(x), layout))
-            return x + self.drop(self.ff(self.norm2(x)))
-        if self.mode == "post":
-            x = self.norm1(x + self.drop(self.attn(x, layout)))
-            return self.norm2(x + self.drop(self.ff(x)))
-        x = self.norm2(x + self.drop(self.attn(x, layout)))
-        return x + self.drop(self.ff(x))
+            x = x + self.drop(attend)
+            x = x + self.drop(self.ff(self.norm2(x)))
+        elif self.mode == "post":
+            x = self.norm1(x + self.drop(attend))
+            x = self.norm2(x + self.drop(self.ff(x)))
+        else:
+            x = self.norm2(x + self.drop(attend))
+            x = x + self.drop(self.ff(x))
+        if edges is None:
+            return x
+        return x, (edges if update is None else edges + update)
 
 
 class Transformer(LayerStack):
@@ -112,6 +146,12 @@ class Transformer(LayerStack):
         store jet-wide information there, and no jet is ever empty. `SaltModel` adds them.
     drop_registers
         Leave the registers out of the pooling (they always stay out of constituent tasks).
+    edge_embed_dim
+        Features of the edge embedding of each pair of tokens (0: no edges). `SaltModel` builds
+        the edges from its edge init nets; pairs with a register (or across constituent types)
+        start from a zero embedding.
+    update_edges
+        Update the edges in every layer (see the module docstring).
     """
 
     def __init__(
@@ -131,9 +171,13 @@ class Transformer(LayerStack):
         attn_dropout: float = 0.0,
         num_registers: int = 0,
         drop_registers: bool = False,
+        edge_embed_dim: int = 0,
+        update_edges: bool = False,
     ):
         if num_registers < 0:
             raise ValueError(f"num_registers must be 0 or more, got {num_registers}")
+        if update_edges and not edge_embed_dim:
+            raise ValueError("update_edges needs edges: set edge_embed_dim")
         layers = [
             EncoderLayer(
                 embed_dim,
@@ -147,6 +191,10 @@ class Transformer(LayerStack):
                 gated,
                 attn_dropout,
                 depth,
+                edge_embed_dim,
+                # the last layer's edges would go nowhere (and leave unused parameters to DDP)
+                update_edges and depth < num_layers - 1,
+                update_edges,
             )
             for depth in range(num_layers)
         ]
@@ -156,3 +204,29 @@ class Transformer(LayerStack):
         if num_registers:
             # small values: registers start as near-empty slots the encoder learns to fill
             self.registers = nn.Parameter(torch.randn(num_registers, embed_dim) * 1e-4)
+        self.edge_embed_dim = edge_embed_dim
+        self.update_edges = update_edges
+
+    def forward(
+        self,
+        x: Tensor,
+        layout,
+        edges: Tensor | None = None,
+        conditions: list[Callable[[Tensor], Tensor]] | None = None,
+    ) -> Tensor:
+        """(N, embed_dim) packed or (B, L, embed_dim) padded -> (..., out_dim).
+
+        `edges`: (P, edge_embed_dim) for the layout's ordered pairs, or (B, L, L, edge_embed_dim).
+        `conditions`: one function per layer applied to the tokens entering it (the
+        featurewise transforms of salt.models.featurewise).
+        """
+        if edges is not None and not self.edge_embed_dim:
+            raise ValueError("edges given to a Transformer built without edge_embed_dim")
+        for depth, layer in enumerate(self.layers):
+            if conditions is not None:
+                x = conditions[depth](x)
+            if edges is None:
+                x = layer(x, layout)
+            else:
+                x, edges = layer(x, layout, edges)
+        return self.out_proj(self.final_norm(x))
