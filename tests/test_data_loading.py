@@ -418,9 +418,9 @@ def test_fork_reopens_the_file(demo):
 
 
 def _read_in_child(dataset: JetDataset, index: int, queue) -> None:
-    inherited = dataset._handle
+    inherited = dataset._reader._handle
     batch = dataset.read_batch(index)
-    queue.put((batch, dataset._handle is not inherited and dataset.is_open))
+    queue.put((batch, dataset._reader._handle is not inherited and dataset.is_open))
 
 
 # ------------------------------------------------------------------------------------ files
