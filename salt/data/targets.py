@@ -122,8 +122,8 @@ def check_against_record(
                 )
             if key == "target" and dtype.kind != "f":
                 raise SaltError(
-                    f"data.multi_target[{i}]: target '{var}' of dataset '{dataset}' is an integer "
-                    "label; multi_target swaps float (regression) targets."
+                    f"data.multi_target[{i}]: target '{var}' of dataset '{dataset}' in {where} is "
+                    "an integer label; multi_target swaps float (regression) targets."
                 )
         if rule.custom_target is not None:
             made.add(rule.custom_target)
