@@ -384,14 +384,13 @@ class JetDataset(Dataset):
             flat = as_bytes(records)
             rows = None  # slot of each packed constituent, for messages
             if plan.constituent:
-                mask = field_view(flat, plan.valid_offset, np.dtype(bool))[:, 0]
+                mask = field_view(flat, plan.valid_offset, np.dtype(bool))[:, 0].copy()
                 rows = np.flatnonzero(mask)
-                if plan.selection is None:
-                    mask = mask.copy()
-                else:
-                    rows = rows[plan.selection.passing(Columns(flat, plan.record, rows))]
-                    mask = np.zeros(len(flat), bool)
-                    mask[rows] = True
+                if plan.selection is not None:
+                    # the cuts see the valid constituents only; those failing become padding
+                    keep = plan.selection.passing(Columns(flat, plan.record, rows))
+                    mask[rows[~keep]] = False
+                    rows = rows[keep]
                 valid[name] = mask.reshape(records.shape)
                 flat = np.take(flat, rows, axis=0)
             if plan.inputs:
