@@ -90,7 +90,7 @@ def assert_batch_equal(batch: dict, expected: dict) -> None:
 def assert_batches_equal(a: list[dict], b: list[dict]) -> None:
     assert len(a) == len(b)
     for x, y in zip(a, b):
-        torch.testing.assert_close(x, y, rtol=0, atol=0)
+        torch.testing.assert_close(x, y, rtol=0, atol=0, equal_nan=True)
 
 
 def make_dataset(path: Path, **kwargs) -> JetDataset:
