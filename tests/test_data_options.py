@@ -97,3 +97,19 @@ def test_namespaces_and_instances_read_the_same_batches(parsed, demo):
     assert set(batch["inputs"]) == {"jets", "tracks", "parameters", "global"}
     assert set(batch["labels"]["jets"]) == {"flavour_label", "tau_pt"}
     module.teardown("fit")
+
+
+def test_all_options_together_with_workers_or_without(parsed):
+    parser, config = parsed
+    epochs = []
+    for workers in (0, 1):
+        config.data.num_workers = workers
+        module = parser.instantiate(config).data
+        module.setup("fit")
+        loader = module.train_dataloader()
+        loader.sampler.set_epoch(1)
+        epochs.append(list(loader))
+        module.teardown("fit")
+    config.data.num_workers = 0
+    assert len(epochs[0]) == 12
+    assert_batches_equal(epochs[0], epochs[1])
