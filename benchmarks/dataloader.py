@@ -3,6 +3,10 @@
     python benchmarks/dataloader.py --file /tmp/demo1m/pp_output_train.h5
     python benchmarks/dataloader.py --file F --config configs/GN2.yaml --batch-size 1000 \\
         --num-workers 0 --num-workers 2 --batches 300
+    python benchmarks/dataloader.py --file F -- --data.selections '{tracks: [d0 < 3.5]}'
+
+Arguments after `--` go to salt as they are (any `--data.*` option: selections, transforms,
+non_finite_to_num, ...), so the cost of an option is the difference of two runs.
 
 For every worker count (default 0, 1 and 2) a fresh process builds the training dataloader as
 `salt fit` does (`salt.main.build`: the config's variables, the labels its tasks need, then
@@ -12,7 +16,7 @@ the very same batch slices:
 
 * reference: a plain loader that reads each slice with h5py (`ds[start:stop]`) and converts it
   with `numpy.lib.recfunctions.structured_to_unstructured`, padded tracks zeroed, as a
-  straightforward trainer does;
+  straightforward trainer does (it applies none of the options given after `--`);
 * bare: `read_direct` of each slice of every dataset the loader reads into a preallocated
   buffer of the file's full record type: the floor, no conversion at all.
 
@@ -71,7 +75,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--norm-dict", type=Path, help="default: norm_dict.yaml beside the file")
     parser.add_argument("--class-dict", type=Path, help="default: class_dict.yaml beside the file")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # child process
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    split = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:split])
+    args.salt_args = argv[split + 1 :]
     args.num_workers = args.num_workers or [0, 1, 2]
     for attr, name in (("norm_dict", "norm_dict.yaml"), ("class_dict", "class_dict.yaml")):
         if getattr(args, attr) is None:
@@ -98,6 +105,7 @@ def build_loader(args: argparse.Namespace, workers: int):
             "--data.num_workers", str(workers),
             "--data.check_jets", "0",  # the start-up scan is not what is timed here
             *(["--data.read_ahead", str(args.read_ahead)] if args.read_ahead is not None else []),
+            *args.salt_args,
         ]
     )  # fmt: skip
     datamodule = cli.datamodule
@@ -138,7 +146,7 @@ def time_reference(dataset, order: list[int]) -> float:
                 slots = dataset.num_slots.get(name)
                 data = ds[start:stop, :slots] if slots else ds[start:stop]
                 if name in dataset.variables:
-                    x = s2u(data[dataset.variables[name]], dtype=np.float32)
+                    x = np.ascontiguousarray(s2u(data[dataset.variables[name]], dtype=np.float32))
                     if slots:
                         valid = data["valid"]
                         x[~valid] = 0
@@ -176,6 +184,18 @@ def time_bare(dataset, order: list[int]) -> float:
                     ds.read_direct(buf, np.s_[start:stop], np.s_[:n])
             jets += stop - start
         return jets / (time.perf_counter() - start_time)
+
+
+def valid_per_jet(dataset, order: list[int]) -> dict[str, float]:
+    """Mean valid constituents per jet and type (after any selection) over a few batches."""
+    counts: dict[str, list[int]] = {}
+    jets = 0
+    for index in order:
+        batch = dataset.read_batch(index)
+        for name, valid in batch["valid"].items():
+            counts.setdefault(name, []).append(int(valid.sum()))
+        jets += len(next(iter(batch["valid"].values()))) if batch["valid"] else 0
+    return {name: round(sum(c) / max(jets, 1), 2) for name, c in counts.items()}
 
 
 def peak_rss_mb() -> tuple[float, float]:
@@ -222,6 +242,8 @@ def run_one(args: argparse.Namespace) -> dict:
         "read_ahead": datamodule.read_ahead if workers == 0 else 0,
         "variables": {k: len(v) for k, v in dataset.variables.items()},
         "labels": dataset.labels,
+        "salt_args": args.salt_args,
+        "valid_per_jet": valid_per_jet(dataset, order[:20]),
         "jets_per_s": round(rate),
         "reference_jets_per_s": round(reference),
         "bare_read_jets_per_s": round(bare),
@@ -255,6 +277,7 @@ def print_table(results: list[dict]) -> None:
         f"file {first['file']} ({first['num_jets']} jets), batch {first['batch_size']}, "
         f"{first['batches']} batches timed, inputs {first['variables']}, labels {first['labels']}"
     )
+    print(f"valid constituents per jet {first['valid_per_jet']}, salt args {first['salt_args']}")
     header = (
         f"{'workers':>7} {'salt jets/s':>12} {'reference':>10} {'bare read':>10} "
         f"{'of bare':>8} {'x ref':>6} {'peak RSS MB':>12} {'load':>5}"
@@ -283,6 +306,7 @@ def main(argv: list[str] | None = None) -> None:
             "--batches", str(args.batches), "--norm-dict", str(args.norm_dict),
             "--class-dict", str(args.class_dict),
             *(["--read-ahead", str(args.read_ahead)] if args.read_ahead is not None else []),
+            "--", *args.salt_args,
         ]  # fmt: skip
         # a fresh process per setting: its peak memory is its own, and nothing is left warm
         done = subprocess.run(command, capture_output=True, text=True, cwd=Path.cwd())

@@ -90,7 +90,7 @@ def assert_batch_equal(batch: dict, expected: dict) -> None:
 def assert_batches_equal(a: list[dict], b: list[dict]) -> None:
     assert len(a) == len(b)
     for x, y in zip(a, b):
-        torch.testing.assert_close(x, y, rtol=0, atol=0)
+        torch.testing.assert_close(x, y, rtol=0, atol=0, equal_nan=True)
 
 
 def make_dataset(path: Path, **kwargs) -> JetDataset:
@@ -418,9 +418,9 @@ def test_fork_reopens_the_file(demo):
 
 
 def _read_in_child(dataset: JetDataset, index: int, queue) -> None:
-    inherited = dataset._handle
+    inherited = dataset._reader._handle
     batch = dataset.read_batch(index)
-    queue.put((batch, dataset._handle is not inherited and dataset.is_open))
+    queue.put((batch, dataset._reader._handle is not inherited and dataset.is_open))
 
 
 # ------------------------------------------------------------------------------------ files

@@ -16,14 +16,19 @@ import torch
 
 from salt.data.dataset import JetDataset
 from salt.data.h5files import FileSpec, check_readable, combine_files, open_h5, resolve_files
+from salt.data.labeller import LabellerConfig
 from salt.data.loader import SaltDataLoader, read_ahead
+from salt.data.options import EXTRA_INPUTS, ReadOptions
+from salt.data.parameters import ParameterSpec
 from salt.data.sampler import BatchOrderSampler
+from salt.data.targets import MultiTarget
 from salt.data.tempcopy import (
     copy_destinations,
     copy_to_temp,
     register_for_cleanup,
     remove_now,
 )
+from salt.data.transforms import Transform
 from salt.errors import SaltError
 
 log = logging.getLogger(__name__)
@@ -95,8 +100,11 @@ class SaltDataModule(L.LightningDataModule):
         UPP's class_dict.yaml, for tasks with ``use_class_dict: true``.
     variables
         Input variables per object type, e.g. ``{jets: [pt_btagJes, ...], tracks: [d0, ...]}``.
+        ``global`` (jet variables joined to the pooled jet representation) and ``parameters``
+        (the inputs of a parameterised network) are read from the jet-level dataset.
     input_map
-        Config name -> dataset name in the files, e.g. ``{tracks: consts}``.
+        Config name -> dataset name in the files, e.g. ``{tracks: consts}``. Entries for
+        ``global`` and ``parameters`` are ignored: both always come from the jet-level dataset.
     global_object
         Config name of the jet-level object.
     batch_size
@@ -124,10 +132,31 @@ class SaltDataModule(L.LightningDataModule):
     check_jets
         Jets of each split scanned before training for non-finite inputs and labels outside their
         task's classes (-1: all). Every batch is checked again when read.
+    non_finite_to_num
+        Read NaN and +-inf inputs as 0 (the default refuses them, naming variable and jet).
+    selections
+        Cuts per constituent type, ``{tracks: ["d0 < 3.5", "numberOfSCTHoles < 1.1"]}``:
+        constituents failing any cut become padding (ftag's cut syntax; any variable of the
+        dataset, inputs or not).
+    transforms
+        Transforms of the training inputs, applied in order, e.g. ``[{class_path:
+        salt.data.transforms.GaussianNoise, init_args: {noise_params: [...]}}]``.
+    labeller_config
+        ``{use_labeller: true, class_names: [ftag flavours], require_labels: true}``: compute
+        the jets' flavour_label from truth variables with atlas-ftag-tools' flavour cuts.
+    multi_target
+        Regression targets swapped (``target``) or built (``custom_target``) by a condition
+        ``sel_label opp value``, from ``source``; entries apply in order.
+    parameters
+        ``{name: {train: [values], test: value, prob: [...]}}`` for ``variables.parameters``:
+        jets whose value is not in train get one drawn from it while fitting; test uses test.
     labels
         Label fields per object type. Derived from the tasks by `salt`; no need to set.
     label_classes
         Number of classes per classification label. Derived by `salt`; no need to set.
+    label_maps
+        ``{object: {label: {raw value: class index}}}`` from the tasks' label_map. Derived by
+        `salt`; no need to set.
     """
 
     def __init__(
@@ -154,8 +183,15 @@ class SaltDataModule(L.LightningDataModule):
         read_ahead: int = 3,
         test_suff: str | None = None,
         check_jets: int = 100_000,
+        non_finite_to_num: bool = False,
+        selections: dict[str, list[str] | None] | None = None,
+        transforms: list[Transform] | None = None,
+        labeller_config: LabellerConfig | None = None,
+        multi_target: list[MultiTarget] | None = None,
+        parameters: dict[str, ParameterSpec] | None = None,
         labels: dict[str, list[str]] | None = None,
         label_classes: dict[str, dict[str, int]] | None = None,
+        label_maps: dict[str, dict[str, dict[int, int]]] | None = None,
     ):
         super().__init__()
         if num_workers < 0:
@@ -180,6 +216,19 @@ class SaltDataModule(L.LightningDataModule):
         self.check_jets = check_jets
         self.labels = labels or {}
         self.label_classes = label_classes or {}
+        self.read_options = {
+            "non_finite_to_num": non_finite_to_num,
+            "selections": selections,
+            "transforms": transforms,
+            "labeller_config": labeller_config,
+            "label_maps": label_maps,
+            "multi_target": multi_target,
+            "parameters": parameters,
+        }
+        # a wrong option fails now, before any file is opened; the files are checked in setup
+        ReadOptions.parse(
+            self.variables, self.labels, global_object, self.label_classes, **self.read_options
+        )
         self.paths: dict[str, Path] = {}  # the file each split is read from (copy / virtual file)
         self.sources: dict[str, list[Path]] = {}  # the user's files behind it
         self.datasets: dict[str, JetDataset] = {}
@@ -206,8 +255,8 @@ class SaltDataModule(L.LightningDataModule):
                 self.paths[split] = self._combine(self.sources[split], split)
 
     def _dataset_names(self) -> set[str]:
-        names = {self.global_object, *self.variables, *self.labels}
-        return {self.input_map.get(n, n) for n in names}
+        names = {self.global_object, *self.variables, *self.labels} - set(EXTRA_INPUTS)
+        return {self.input_map.get(n, n) for n in names | {self.global_object}}
 
     def _combine(self, paths: list[Path], split: str) -> Path:
         if len(paths) == 1:
@@ -253,6 +302,8 @@ class SaltDataModule(L.LightningDataModule):
             num_constituents=self.num_inputs,
             label_classes=self.label_classes,
             split=split,
+            seed=self._seed(),
+            **self.read_options,
         )
         for message in dataset.warnings:
             log.warning(message)

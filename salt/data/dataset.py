@@ -3,52 +3,49 @@
 Shapes (B jets in a batch, T constituent slots read per jet, N valid constituents in the batch):
 
     batch = {
-        "inputs": {"jets": (B, F_jets) float32, "tracks": (N, F_tracks) float32},
+        "inputs": {"jets": (B, F_jets) float32, "tracks": (N, F_tracks) float32,
+                   "global": (B, F_global) float32, "parameters": (B, P) float32},
         "valid":  {"tracks": (B, T) bool},                  # True = a real constituent
         "labels": {"jets": {"flavour_label": (B,) int64},
                    "tracks": {"ftagTruthOriginLabel": (N,) int64, ...}},
     }
 
-Constituents come out *packed*: only the valid ones, jet after jet, in slot order (`valid` may
-have holes; it need not be a prefix). The model never spends compute on padding, and the batch
-that crosses from a worker to the trainer is smaller. `valid` keeps the layout so that
-predictions can be written back per slot. Integer labels are int64, float labels float32.
+Constituents come out *packed*: only the valid ones (those that pass `data.selections`, too),
+jet after jet, in slot order (`valid` may have holes; it need not be a prefix). The model never
+spends compute on padding, and the batch that crosses from a worker to the trainer is smaller.
+`valid` keeps the layout so that predictions can be written back per slot. Integer labels are
+int64, float labels float32. `global` and `parameters` (present when configured) are jet-level
+inputs read from the jet-level dataset, beside its own.
 
 Reading is fast only when done in one go: each batch is one low-level read of the file's own
 record type into a preallocated buffer (HDF5's own field selection and type conversion are
 several times slower), then numpy takes the valid records as raw bytes and converts each run of
-adjacent same-typed fields with one strided copy.
+adjacent same-typed fields with one strided copy (`salt.data.records`). Selections, labels
+computed on the fly and conditional targets work on the same raw records, whole columns at once.
 """
 
 from __future__ import annotations
 
-import os
-import threading
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
 import numpy as np
 import torch
-from h5py import h5s
 from torch.utils.data import Dataset
 
 from salt.data.h5files import open_h5
+from salt.data.labeller import LABEL, LabellerConfig
+from salt.data.labelmaps import LabelMap
+from salt.data.options import EXTRA_INPUTS, ReadOptions
+from salt.data.parameters import ParameterSpec, assign_parameters
+from salt.data.rawread import RawReader
+from salt.data.records import Columns, Run, all_finite, as_bytes, column_runs, field_view, gather
+from salt.data.selections import Selection
+from salt.data.targets import MultiTarget, apply_rules, check_against_record
+from salt.data.transforms import Transform
 from salt.errors import SaltError, close_matches
-
-# HDF5's chunk cache only pays when a chunk is read twice; weakly shuffled batches rarely share
-# one (a 1000-jet batch spans 10 whole track chunks of UPP's (100, 40)), so keep it small
-_CHUNK_CACHE_BYTES = 4 * 1024**2
-
-
-@dataclass
-class _Run:
-    """Output columns [start, stop) are adjacent record fields of one dtype from byte `offset`."""
-
-    start: int
-    stop: int
-    offset: int
-    dtype: np.dtype
 
 
 @dataclass
@@ -60,66 +57,11 @@ class _Plan:
     constituent: bool
     slots: int  # slots read per jet (constituents), 0 for the jet-level object
     inputs: list[str]
-    runs: list[_Run]
-    labels: list[tuple[str, int, np.dtype]]  # (field, byte offset, dtype)
+    runs: list[Run]
+    labels: list[tuple[str, int, np.dtype]]  # read from the file: (field, byte offset, dtype)
     valid_offset: int
-
-
-@dataclass
-class _Reader:
-    """One thread's view of a dataset: its id, a kept file space and its own batch buffer."""
-
-    dsid: h5py.h5d.DatasetID
-    fspace: h5py.h5s.SpaceID
-    buf: np.ndarray | None
-
-
-class _Handle:
-    """The file as one process sees it: opened lazily, shared by its threads, not by forks."""
-
-    def __init__(self, filename: Path, split: str):
-        self.pid = os.getpid()
-        self.file = open_h5(filename, split, rdcc_nbytes=_CHUNK_CACHE_BYTES)
-        self.local = threading.local()  # per thread: dataspaces and a default buffer
-
-
-def _column_runs(record: np.dtype, names: list[str]) -> list[_Run]:
-    runs: list[_Run] = []
-    for i, name in enumerate(names):
-        base, offset = record.fields[name][:2]
-        last = runs[-1] if runs else None
-        if (
-            last is not None
-            and last.dtype == base
-            and last.stop == i
-            and offset == last.offset + (i - last.start) * base.itemsize
-        ):
-            last.stop = i + 1
-        else:
-            runs.append(_Run(i, i + 1, offset, base))
-    return runs
-
-
-def _field(raw: np.ndarray, offset: int, dtype: np.dtype, count: int = 1) -> np.ndarray:
-    """Strided view `(rows, count)` of `count` adjacent `dtype` fields at byte `offset`.
-
-    `raw` is `(rows, record_size)` uint8 with contiguous rows; the view may be unaligned, which
-    numpy handles in its copy loops.
-    """
-    return raw[:, offset : offset + count * dtype.itemsize].view(dtype)
-
-
-def _gather(raw: np.ndarray, runs: list[_Run], width: int) -> np.ndarray:
-    """`(rows, width)` float32 of the input columns from raw records `(rows, record_size)`."""
-    out = np.empty((raw.shape[0], width), np.float32)
-    for run in runs:
-        out[:, run.start : run.stop] = _field(raw, run.offset, run.dtype, run.stop - run.start)
-    return out
-
-
-def _all_finite(x: np.ndarray) -> bool:
-    # two reductions without a temporary: NaN propagates through min/max, inf shows up in them
-    return x.size == 0 or bool(np.isfinite(x.min()) and np.isfinite(x.max()))
+    selection: Selection | None = None
+    rules: list[MultiTarget] = field(default_factory=list)  # data.multi_target entries
 
 
 class JetDataset(Dataset):
@@ -127,14 +69,16 @@ class JetDataset(Dataset):
 
     Safe to read from several threads of one process (each reads into its own buffers) and from
     forked worker processes (each opens the file itself on first use; a pickled dataset holds
-    no HDF5 handle).
+    no HDF5 handle). An index that carries an epoch (`salt.data.sampler.BatchIndex`) seeds the
+    batch's random draws (transforms, parameters) with it; a plain int reads as epoch 0.
 
     Parameters
     ----------
     filename
         A UPP-format HDF5 file (a virtual file over several works the same).
     variables
-        Input variables per object type, e.g. ``{"jets": [...], "tracks": [...]}``.
+        Input variables per object type, e.g. ``{"jets": [...], "tracks": [...]}``; also
+        ``global`` and ``parameters``, jet-level inputs read from the jet-level dataset.
     batch_size
         Jets per batch.
     labels
@@ -144,6 +88,8 @@ class JetDataset(Dataset):
         (collected in `warnings`). 0 is refused.
     input_map
         Config name -> dataset name in the file (``{"tracks": "consts"}``); identity by default.
+        Entries for ``global`` and ``parameters`` are ignored: they always come from the
+        jet-level dataset.
     global_object
         Config name of the jet-level object.
     num_constituents
@@ -152,7 +98,25 @@ class JetDataset(Dataset):
         ``{object: {label: n_classes}}``: labels that must lie in ``[0, n_classes)`` (-1 is
         accepted on constituents, where it means "ignore").
     split
-        "train", "val" or "test", for messages.
+        "train", "val" or "test": for messages, and for what applies to the split (transforms
+        to "train" only; parameters draw at "train" and "val", take the test value at "test").
+    non_finite_to_num
+        Read NaN and +-inf inputs as 0 instead of refusing them.
+    selections
+        ``{constituent type: [cut, ...]}``: constituents failing a cut become padding
+        (`salt.data.selections`).
+    transforms
+        Transforms of the training split's inputs, in order (`salt.data.transforms`).
+    labeller_config
+        Compute the jets' ``flavour_label`` from truth labels (`salt.data.labeller`).
+    label_maps
+        ``{object: {label: {raw value: class index}}}`` (`salt.data.labelmaps`).
+    multi_target
+        Conditional regression targets (`salt.data.targets`).
+    parameters
+        ``{name: {train, test, prob}}`` for ``variables["parameters"]`` (`salt.data.parameters`).
+    seed
+        Seed of the batches' random draws, with the epoch and the batch index.
     """
 
     def __init__(
@@ -167,6 +131,15 @@ class JetDataset(Dataset):
         num_constituents: dict[str, int] | None = None,
         label_classes: dict[str, dict[str, int]] | None = None,
         split: str = "train",
+        *,
+        non_finite_to_num: bool = False,
+        selections: dict[str, list[str] | None] | None = None,
+        transforms: Sequence[Transform] | None = None,
+        labeller_config: LabellerConfig | dict | None = None,
+        label_maps: dict[str, dict[str, dict[int, int]]] | None = None,
+        multi_target: list[MultiTarget | dict] | None = None,
+        parameters: dict[str, ParameterSpec | dict] | None = None,
+        seed: int = 0,
     ):
         super().__init__()
         self.filename = Path(filename)
@@ -181,9 +154,26 @@ class JetDataset(Dataset):
         self.warnings: list[str] = []
         if self.batch_size < 1:
             raise SaltError(f"data.batch_size must be at least 1, got {batch_size}.")
-        self._handle: _Handle | None = None
-        self._open_lock = threading.Lock()
+        self.options = ReadOptions.parse(
+            self.variables,
+            self.labels,
+            global_object,
+            self.label_classes,
+            non_finite_to_num=non_finite_to_num,
+            selections=selections,
+            transforms=transforms,
+            labeller_config=labeller_config,
+            label_maps=label_maps,
+            multi_target=multi_target,
+            parameters=parameters,
+            seed=seed,
+        )
         self._inspect(num_jets)
+        self._reader = RawReader(
+            self.filename,
+            self.split,
+            {name: (p.dataset, p.record, p.slots) for name, p in self._plans.items()},
+        )
 
     # ----------------------------------------------------------------------------- set-up
     def dataset_name(self, name: str) -> str:
@@ -192,14 +182,18 @@ class JetDataset(Dataset):
 
     @property
     def object_names(self) -> list[str]:
-        names = list(dict.fromkeys([*self.variables, *self.labels]))
-        if self.global_object not in names:
-            names.insert(0, self.global_object)
-        return names
+        """The objects read from the file, each its own dataset; the jet-level one first."""
+        names = [self.global_object, *self.variables, *self.labels]
+        return [n for n in dict.fromkeys(names) if n == self.global_object or not _extra(n)]
 
     @property
     def constituent_names(self) -> list[str]:
         return [n for n in self.object_names if n != self.global_object]
+
+    @property
+    def extra_inputs(self) -> list[str]:
+        """Jet-level inputs read from the jet-level dataset besides its own (`global`, ...)."""
+        return [n for n in self.variables if n != self.global_object and _extra(n)]
 
     @property
     def num_slots(self) -> dict[str, int]:
@@ -234,6 +228,13 @@ class JetDataset(Dataset):
                         f"'{self.dataset_name(self.global_object)}' has {n_file}; row i of "
                         "every dataset must be the same jet."
                     )
+        jets = self._plans[self.global_object]
+        self._extras: dict[str, list[Run]] = {}
+        for name in self.extra_inputs:
+            self._check_fields(name, jets.record, jets.dataset, self.variables[name])
+            self._extras[name] = column_runs(jets.record, self.variables[name])
+        if self.options.labeller is not None:
+            self.options.labeller.check(jets.record, jets.dataset, self._where())
         if n_file == 0:
             raise SaltError(
                 f"{self._where()} holds no jets (dataset "
@@ -255,35 +256,52 @@ class JetDataset(Dataset):
             self.num_jets = num_jets
         self.num_batches = -(-self.num_jets // self.batch_size)
 
-    def _plan(self, name: str, ds: h5py.Dataset) -> _Plan:
-        record = ds.dtype
+    def _check_fields(self, name: str, record: np.dtype, dataset: str, names: list[str]) -> None:
         fields = record.names or ()
-        inputs = self.variables.get(name, [])
-        labels = self.labels.get(name, [])
-        for var in [*inputs, *labels]:
+        for var in names:
             if var not in fields:
                 raise SaltError(
-                    f"{self._where()}: dataset '{ds.name.lstrip('/')}' has no variable '{var}'."
+                    f"{self._where()}: dataset '{dataset}' has no variable '{var}'."
                     f"{close_matches(var, fields)} Remove it from data.variables.{name} (or the "
                     "task that needs it as a label), or use a file that has it."
                 )
             kind = record.fields[var][0].kind
             if kind not in "biuf" or record.fields[var][0].shape:
                 raise SaltError(
-                    f"{self._where()}: variable '{var}' of dataset '{ds.name.lstrip('/')}' has "
+                    f"{self._where()}: variable '{var}' of dataset '{dataset}' has "
                     f"type {record.fields[var][0]}; inputs and labels must be numeric scalars."
                 )
+
+    def _plan(self, name: str, ds: h5py.Dataset) -> _Plan:
+        record = ds.dtype
+        dataset = ds.name.lstrip("/")
+        fields = record.names or ()
+        inputs = self.variables.get(name, [])
+        made = self.options.produced(name, self.global_object)
+        labels = [label for label in self.labels.get(name, []) if label not in made]
+        self._check_fields(name, record, dataset, [*inputs, *labels])
+        for label in self.options.label_maps.get(name, {}):
+            if label in labels and record.fields[label][0].kind not in "biu":
+                raise SaltError(
+                    f"data.label_maps.{name}.{label}: '{label}' of dataset '{dataset}' in "
+                    f"{self._where()} has type {record.fields[label][0]}; label maps apply to "
+                    "integer labels."
+                )
+        check_against_record(self.options.multi_target, name, record, dataset, self._where())
+        selection = self.options.selections.get(name)
+        if selection is not None:
+            selection.check(record, dataset, self._where())
         constituent = name != self.global_object
         slots, valid_offset = 0, -1
         if constituent:
             if len(ds.shape) != 2:
                 raise SaltError(
-                    f"{self._where()}: constituent dataset '{ds.name.lstrip('/')}' has shape "
+                    f"{self._where()}: constituent dataset '{dataset}' has shape "
                     f"{ds.shape}; expected (n_jets, n_slots)."
                 )
             if "valid" not in fields or record.fields["valid"][0].kind != "b":
                 raise SaltError(
-                    f"{self._where()}: dataset '{ds.name.lstrip('/')}' has no boolean 'valid' "
+                    f"{self._where()}: dataset '{dataset}' has no boolean 'valid' "
                     "field, which marks real constituents against padding; UPP always writes it."
                 )
             stored = ds.shape[1]
@@ -296,51 +314,31 @@ class JetDataset(Dataset):
             valid_offset = record.fields["valid"][1]
         elif len(ds.shape) != 1:
             raise SaltError(
-                f"{self._where()}: jet-level dataset '{ds.name.lstrip('/')}' has shape "
+                f"{self._where()}: jet-level dataset '{dataset}' has shape "
                 f"{ds.shape}; expected (n_jets,). Is data.global_object right?"
             )
         return _Plan(
-            dataset=ds.name.lstrip("/"),
+            dataset=dataset,
             record=record,
             constituent=constituent,
             slots=slots,
             inputs=inputs,
-            runs=_column_runs(record, inputs),
+            runs=column_runs(record, inputs),
             labels=[(lab, record.fields[lab][1], record.fields[lab][0]) for lab in labels],
             valid_offset=valid_offset,
+            selection=selection,
+            rules=[r for r in self.options.multi_target if r.input_name == name],
         )
 
     # ----------------------------------------------------------------------------- reading
-    def _open(self) -> _Handle:
-        # a handle must never cross a fork: every process opens its own, on first use
-        handle = self._handle
-        if handle is None or handle.pid != os.getpid():
-            with self._open_lock:
-                handle = self._handle
-                if handle is None or handle.pid != os.getpid():
-                    handle = self._handle = _Handle(self.filename, self.split)
-        return handle
-
     @property
     def is_open(self) -> bool:
         """Whether this process holds an open HDF5 handle of the file."""
-        return self._handle is not None and self._handle.pid == os.getpid()
+        return self._reader.is_open
 
     def close(self) -> None:
         """Close this process's handle (it reopens on the next read)."""
-        if self.is_open:
-            self._handle.file.close()
-        self._handle = None
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_handle"] = None
-        state["_open_lock"] = None
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._open_lock = threading.Lock()
+        self._reader.close()
 
     def __len__(self) -> int:
         return self.num_batches
@@ -352,47 +350,13 @@ class JetDataset(Dataset):
 
     def new_buffers(self) -> dict[str, np.ndarray]:
         """Empty raw-record buffers for one batch, per object: `(batch_size,)` or `(.., slots)`."""
-        return {name: self._buffer(plan) for name, plan in self._plans.items()}
-
-    def _buffer(self, plan: _Plan) -> np.ndarray:
-        width = (plan.slots,) if plan.constituent else ()
-        return np.empty((self.batch_size, *width), plan.record)
+        return self._reader.new_buffers(self.batch_size)
 
     def read_records(
         self, name: str, start: int, stop: int, out: np.ndarray | None = None
     ) -> np.ndarray:
-        """Raw records of object `name` for jets [start, stop): `(n,)` or `(n, slots)`.
-
-        Read into `out` (a buffer of `new_buffers`) if given, else into a buffer of this thread
-        that its next call overwrites.
-        """
-        handle = self._open()
-        readers = getattr(handle.local, "readers", None)
-        if readers is None:
-            readers = handle.local.readers = {}
-        reader = readers.get(name)
-        plan = self._plans[name]
-        width = (plan.slots,) if plan.constituent else ()
-        if reader is None:
-            # the low-level read with a kept file space skips h5py's selection parsing, ~10%
-            # faster than read_direct on 1000-jet slices
-            dsid = handle.file[plan.dataset].id
-            reader = readers[name] = _Reader(dsid, dsid.get_space(), None)
-        if out is None:
-            if reader.buf is None:
-                reader.buf = self._buffer(plan)
-            out = reader.buf
-        n = stop - start
-        reader.fspace.select_hyperslab((start, *(0 for _ in width)), (n, *width))
-        out = out[:n]
-        try:
-            reader.dsid.read(h5s.create_simple((n, *width)), reader.fspace, out)
-        except OSError as err:
-            raise SaltError(
-                f"{self._where()}: dataset '{plan.dataset}' cannot be read at jets "
-                f"{start}..{stop - 1} ({err}). The file is damaged; copy or produce it again."
-            ) from None
-        return out
+        """Raw records of object `name` for jets [start, stop) (see `RawReader.read`)."""
+        return self._reader.read(name, start, stop, out)
 
     def read_raw(
         self, index: int, buffers: dict[str, np.ndarray] | None = None
@@ -417,20 +381,33 @@ class JetDataset(Dataset):
         labels: dict[str, dict[str, np.ndarray]] = {}
         for name, plan in self._plans.items():
             records = raw[name]
-            flat = records.reshape(-1).view(np.uint8).reshape(-1, records.dtype.itemsize)
+            flat = as_bytes(records)
             rows = None  # slot of each packed constituent, for messages
             if plan.constituent:
-                mask = _field(flat, plan.valid_offset, np.dtype(bool))[:, 0].copy()
-                valid[name] = mask.reshape(records.shape)
+                mask = field_view(flat, plan.valid_offset, np.dtype(bool))[:, 0].copy()
                 rows = np.flatnonzero(mask)
+                if plan.selection is not None:
+                    # the cuts see the valid constituents only; those failing become padding
+                    keep = plan.selection.passing(Columns(flat, plan.record, rows))
+                    mask[rows[~keep]] = False
+                    rows = rows[keep]
+                valid[name] = mask.reshape(records.shape)
                 flat = np.take(flat, rows, axis=0)
             if plan.inputs:
-                x = _gather(flat, plan.runs, len(plan.inputs))
-                if not _all_finite(x):
-                    self._raise_non_finite(x, plan, plan.inputs, start, rows, "variable")
-                inputs[name] = x
-            if plan.labels:
+                x = gather(flat, plan.runs, len(plan.inputs))
+                inputs[name] = self._finite(x, plan, plan.inputs, start, rows)
+            if name == self.global_object:
+                for extra, runs in self._extras.items():
+                    x = gather(flat, runs, len(self.variables[extra]))
+                    if extra == "parameters":
+                        rng = self.options.parameter_rng(index)
+                        assign_parameters(x, self.options.parameters, self.split, rng)
+                    inputs[extra] = self._finite(x, plan, self.variables[extra], start, None)
+            if name in self.labels:
                 labels[name] = self._labels(flat, plan, name, start, rows)
+        if self.split == "train":
+            for position, transform in enumerate(self.options.transforms):
+                transform(inputs, self.options.transform_rng(index, position))
         return {"inputs": inputs, "valid": valid, "labels": labels}
 
     def read_batch(self, index: int) -> dict:
@@ -441,56 +418,93 @@ class JetDataset(Dataset):
         """Batch `index` as tensors (see the module docstring for shapes)."""
         return _to_tensors(self.read_batch(index))
 
-    def _labels(self, raw, plan: _Plan, name: str, start: int, rows) -> dict:
+    def _finite(self, x: np.ndarray, plan: _Plan, names: list[str], start: int, rows) -> np.ndarray:
+        if not all_finite(x):
+            if not self.options.non_finite_to_num:
+                self._raise_non_finite(x, plan, names, start, rows)
+            np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        return x
+
+    def _labels(self, raw: np.ndarray, plan: _Plan, name: str, start: int, rows) -> dict:
         out = {}
+        maps = self.options.label_maps.get(name, {})
         for label, offset, dtype in plan.labels:
-            values = _field(raw, offset, dtype)[:, 0]
+            values = field_view(raw, offset, dtype)[:, 0]
             if dtype.kind == "f":
                 # a regression target may be missing (NaN: no hadron in a light jet); the
                 # regression losses skip non-finite targets, so they pass through
                 values = values.astype(np.float32)
             else:
                 values = values.astype(np.int64)
+                mapped = None
+                if label in maps:
+                    mapped = (maps[label], values)  # the map and the raw values, for messages
+                    values = maps[label](values)
                 n_classes = self.label_classes.get(name, {}).get(label)
                 if n_classes is not None:
-                    self._check_range(values, plan, label, n_classes, start, rows)
+                    low = -1 if plan.constituent else 0  # -1 on a constituent means "ignore"
+                    self._check_range(values, plan, label, n_classes, low, start, rows, mapped)
             out[label] = values
-        return out
+        if plan.rules or (name == self.global_object and self.options.labeller is not None):
+            columns = Columns(raw, plan.record)
+            labeller = self.options.labeller
+            if labeller is not None and name == self.global_object:
+                values = labeller(columns, start, self._where())
+                n_classes = len(labeller.class_names)
+                low = 0 if labeller.require_labels else -1
+                self._check_range(values, plan, LABEL, n_classes, low, start, rows)
+                out[LABEL] = values
+            apply_rules(plan.rules, columns, out)
+        return {label: out[label] for label in self.labels[name]}
 
     # ----------------------------------------------------------------------------- errors
     def _jet_of(self, row: int, start: int, rows: np.ndarray | None, plan: _Plan) -> int:
         """The jet (file row) of output row `row`; `rows` maps packed constituents to slots."""
         return start + (row if rows is None else int(rows[row]) // plan.slots)
 
-    def _raise_non_finite(self, x, plan: _Plan, names, start, rows, what: str) -> None:
+    def _raise_non_finite(self, x, plan: _Plan, names, start, rows) -> None:
         row, col = np.argwhere(~np.isfinite(x))[0]
         jet = self._jet_of(int(row), start, rows, plan)
         where = "a valid constituent of jet" if plan.constituent else "jet"
-        fix = (
-            f"or drop '{names[col]}' from data.variables"
-            if what == "variable"
-            else "or drop the task that uses it"
-        )
         raise SaltError(
-            f"{self._where()}: {what} '{names[col]}' of dataset '{plan.dataset}' is "
-            f"{x[row, col]} in {where} {jet}. Inputs and labels must be finite: fix the file (or "
-            f"its preprocessing), {fix}."
+            f"{self._where()}: variable '{names[col]}' of dataset '{plan.dataset}' is "
+            f"{x[row, col]} in {where} {jet}. Inputs must be finite: fix the file (or its "
+            f"preprocessing), drop '{names[col]}' from data.variables, or set "
+            "data.non_finite_to_num: true to read NaN and inf inputs as 0."
         )
 
-    def _check_range(self, values, plan: _Plan, label, n_classes, start, rows) -> None:
-        if values.size == 0:
-            return
-        low = -1 if plan.constituent else 0  # -1 on a constituent means "ignore"
-        if values.min() >= low and values.max() < n_classes:
+    def _check_range(
+        self,
+        values: np.ndarray,
+        plan: _Plan,
+        label: str,
+        n_classes: int,
+        low: int,
+        start: int,
+        rows,
+        mapped: tuple[LabelMap, np.ndarray] | None = None,
+    ) -> None:
+        if values.size == 0 or (values.min() >= low and values.max() < n_classes):
             return
         row = int(np.flatnonzero((values < low) | (values >= n_classes))[0])
         jet = self._jet_of(row, start, rows, plan)
+        where = f"{self._where()}: label '{label}' of dataset '{plan.dataset}'"
+        if mapped is not None:
+            label_map, raw_values = mapped
+            raise SaltError(
+                f"{where} is {raw_values[row]} for jet {jet}, a value missing from the task's "
+                f"label_map (which maps {', '.join(map(str, label_map.keys.tolist()))}): add it "
+                "to label_map."
+            )
         raise SaltError(
-            f"{self._where()}: label '{label}' of dataset '{plan.dataset}' is {values[row]} for "
-            f"jet {jet}, but its task has {n_classes} classes (0..{n_classes - 1}"
-            f"{', or -1 to ignore' if low < 0 else ''}). Check the task's class_names (or the "
-            f"file's '{label}' attribute) against the labels in the file."
+            f"{where} is {values[row]} for jet {jet}, but its task has {n_classes} classes "
+            f"(0..{n_classes - 1}{', or -1 to ignore' if low < 0 else ''}). Check the task's "
+            f"class_names (or the file's '{label}' attribute) against the labels in the file."
         )
+
+
+def _extra(name: str) -> bool:
+    return name in EXTRA_INPUTS
 
 
 def _to_tensors(batch):

@@ -74,6 +74,9 @@ class SaltDataLoader(DataLoader):
       worker's pipe, which for these few mid-sized arrays is cheaper than torch's one
       shared-memory file per tensor; the tensors are rebuilt here without a copy.
     * Pinning (``pin_memory``, GPU runs only) happens here, on whole batches.
+    * The sampler's indices carry their epoch (`salt.data.sampler.BatchIndex`) to wherever the
+      batch is read, so its random draws (transforms, parameters) are the same in a worker, in
+      the read-ahead thread and after a resume.
 
     Lightning checkpoints it: a checkpoint written mid-epoch (on SIGTERM, say) resumes with the
     batches that epoch had not yet seen, instead of starting the epoch over.

@@ -13,6 +13,28 @@ from torch.utils.data import Sampler
 from salt.errors import SaltError
 
 
+class BatchIndex(int):
+    """A batch index that also carries the epoch it is drawn for.
+
+    It travels from the sampler to `JetDataset.__getitem__` (through a worker's index queue,
+    too), so that what a batch's random draws depend on, the seed, the epoch and the index, is
+    known wherever the batch is read. Anything else sees a plain int.
+    """
+
+    epoch: int
+
+    def __new__(cls, index: int, epoch: int = 0) -> BatchIndex:
+        obj = super().__new__(cls, index)
+        obj.epoch = int(epoch)
+        return obj
+
+    def __reduce__(self):
+        return BatchIndex, (int(self), self.epoch)
+
+    def __repr__(self) -> str:
+        return f"BatchIndex({int(self)}, epoch={self.epoch})"
+
+
 class BatchOrderSampler(Sampler[int]):
     """Yields batch indices of a `JetDataset`, shuffled per epoch from `(seed, epoch)`.
 
@@ -75,7 +97,9 @@ class BatchOrderSampler(Sampler[int]):
         # made (torch's worker iterator makes two and keeps the second)
         order = self.order()[self.skip :]
         self.skip = 0
-        yield from order.tolist()
+        epoch = self.epoch
+        for index in order.tolist():
+            yield BatchIndex(index, epoch)
 
     def __len__(self) -> int:
         # the whole epoch, also when resuming: Lightning counts the batches already done
