@@ -17,6 +17,11 @@ from salt.errors import SaltError
 from salt.models.saltmodel import GLOBAL_EXTRAS, PARAMETERS
 
 CLASSIFICATION = "salt.models.tasks.ClassificationTask"
+# data options that change what the dataset reads, checked against the first file before building
+EARLY_CHECKED_OPTIONS = (
+    "non_finite_to_num", "selections", "labeller_config", "label_maps", "multi_target",
+    "parameters",
+)  # fmt: skip
 REGRESSION = ("salt.models.tasks.RegressionTask", "salt.models.tasks.GaussianRegressionTask")
 
 
@@ -139,8 +144,7 @@ def derive(config, subcommand: str) -> None:
             )
     data.labels = labels
     data.label_classes = label_classes
-    if label_maps:
-        data.label_maps = label_maps
+    data.label_maps = label_maps
 
 
 def check_inputs(config, subcommand: str) -> None:
@@ -161,4 +165,6 @@ def check_inputs(config, subcommand: str) -> None:
             global_object=data.global_object,
             num_constituents=data.num_inputs,
             split=split,
+            # transforms are checked when the datamodule builds them
+            **{key: data.get(key) for key in EARLY_CHECKED_OPTIONS},
         )

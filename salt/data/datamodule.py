@@ -150,6 +150,10 @@ class SaltDataModule(L.LightningDataModule):
     parameters
         ``{name: {train: [values], test: value, prob: [...]}}`` for ``variables.parameters``:
         jets whose value is not in train get one drawn from it while fitting; test uses test.
+    edge_constructors
+        ``[{input_name: tracks, edge_features: [dR, kt, z, isSelfLoop, subjetIndex, mass]}]``:
+        relations between the constituents of a jet that the model computes from their raw
+        inputs (salt passes them to the model; the loader reads nothing for them).
     labels
         Label fields per object type. Derived from the tasks by `salt`; no need to set.
     label_classes
@@ -189,6 +193,7 @@ class SaltDataModule(L.LightningDataModule):
         labeller_config: LabellerConfig | None = None,
         multi_target: list[MultiTarget] | None = None,
         parameters: dict[str, ParameterSpec] | None = None,
+        edge_constructors: list[dict] | None = None,
         labels: dict[str, list[str]] | None = None,
         label_classes: dict[str, dict[str, int]] | None = None,
         label_maps: dict[str, dict[str, dict[int, int]]] | None = None,
@@ -197,6 +202,7 @@ class SaltDataModule(L.LightningDataModule):
         if num_workers < 0:
             raise SaltError(f"data.num_workers must be 0 or more, got {num_workers}.")
         self.files = {"train": train_file, "val": val_file, "test": test_file}
+        self.edge_constructors = edge_constructors or []
         self.norm_dict = norm_dict
         self.class_dict = class_dict
         self.variables = variables or {}
