@@ -34,6 +34,7 @@ import platform
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from xml.etree import ElementTree
@@ -169,7 +170,8 @@ class Check:
         returns whether it succeeded and its output."""
         limit = self._limit(name, later) if limit is None else limit
         started = time.monotonic()
-        status = {"command": " ".join(command), "timeout_s": round(limit)}
+        shown = " ".join(c if len(c) < 200 else f"<{len(c)} characters>" for c in command)
+        status = {"command": shown, "timeout_s": round(limit)}
         print(f"[{time.monotonic() - self.start:6.1f} s] {name} (limit {limit:.0f} s)", flush=True)
         proc = subprocess.Popen(
             command,
@@ -197,7 +199,7 @@ class Check:
             status["error"] = ("timed out; " if timed_out else "") + " | ".join(last)[-600:]
         self.result["parts"][name] = status
         with self.log_path.open("a") as log:
-            log.write(f"\n===== {name}: {' '.join(command)}\n")
+            log.write(f"\n===== {name}: {shown}\n")
             if len(output) > LOG_TAIL:
                 log.write(f"[... {len(output) - LOG_TAIL} characters cut ...]\n")
             log.write(output[-LOG_TAIL:])
@@ -452,7 +454,9 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
     ap.add_argument("--cpu", action="store_true", help="tiny sizes on the CPU (what CI runs)")
-    ap.add_argument("--out", type=Path, default=None, help="results folder (default: $OUT)")
+    ap.add_argument(
+        "--out", type=Path, help="results folder (default: $OUT, else /tmp/salt_device_check)"
+    )
     ap.add_argument("--work", type=Path, default=None, help="data and installs (default: /tmp)")
     ap.add_argument("--budget", type=float, default=None, help="seconds for the whole check")
     ap.add_argument(
@@ -480,7 +484,9 @@ def main(argv: list[str] | None = None) -> int:
         known = set(LIMITS) | {f"loader_{w}" for w in SIZES[mode]["loader_workers"]}
         if only - known:
             ap.error(f"--only: unknown parts {sorted(only - known)}; known: {sorted(known)}")
-    out = args.out or Path(os.environ.get("OUT") or ROOT / "device_check_out")
+    out = args.out or Path(
+        os.environ.get("OUT") or Path(tempfile.gettempdir()) / "salt_device_check"
+    )
     work = args.work or Path("/tmp") / f"salt_device_check_{mode}"
     return Check(mode, out, work, args.budget or SIZES[mode]["budget"], only).all()
 

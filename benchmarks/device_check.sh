@@ -6,7 +6,7 @@
 #     benchmarks/device_check.sh --cpu    # the same parts at tiny sizes on a CPU (CI runs this)
 #
 # Writes $OUT/device_check.json and $OUT/device_check.log ($OUT: the device tool's results
-# folder; elsewhere ./device_check_out unless --out DIR is given). Needs the wheels that
+# folder; elsewhere /tmp/salt_device_check unless --out DIR is given). Needs the wheels that
 # `benchmarks/device_wheels.sh .whl` downloads, in .whl/ (carried with the call). The parts and
 # their time limits are in benchmarks/device_check.py. Exit status 0: every part succeeded.
 set -uo pipefail
