@@ -201,3 +201,28 @@ def test_bf16_gn3_model_trains(optimizer, registers):
         totals.append(total.item())
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert totals[-1] < totals[0], totals
+
+
+@pytest.mark.parametrize("qkv_norm", [False, True])
+def test_packed_bf16_attention_takes_the_varlen_kernel(monkeypatch, qkv_norm):
+    """Under bf16 autocast the packed layout attends with varlen flash attention, also when
+    queries, keys and values are RMS-normalised (GN3's hybrid layers): CUDA autocast runs norms
+    in fp32, and fp32 q/k/v would silently fall back to padded fp32 attention."""
+    import salt.models.layout as layout_module
+    from salt.models.attention import MultiheadAttention
+
+    calls = []
+    real = layout_module.attend_varlen
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].dtype)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(layout_module, "attend_varlen", counting)
+    attention = MultiheadAttention(64, 4, qk_norm=qkv_norm, v_norm=qkv_norm).cuda()
+    valid = random_valid(128, 40).cuda()
+    x = torch.randn(int(valid.sum()), 64, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = attention(x, Packed(valid))
+    assert calls == [torch.bfloat16]
+    assert torch.isfinite(out.float()).all()
