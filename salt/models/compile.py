@@ -8,12 +8,12 @@ graph compiled for fixed sizes would be recompiled for nearly every batch. What 
 * ``dynamic=True`` makes B, N, P and L symbols from the first compile: batches of any other
   sizes reuse that graph, without any rounding of L to buckets.
 * A size of 0 or 1 is still specialised (``max_len == 1``, ``n_pairs == 1``, one jet, ...):
-  each such batch compiled a graph of its own, and a batch whose jets have no constituent at all
-  failed to trace. Such batches (a last batch of one jet, a test file with no tracks) run eagerly
-  here instead: never more than one training graph.
-* Two sizes that happen to be equal in the first batch (P == N, L == B) are given one symbol
-  ("duck shaping") and the graph is guarded on that equality; the next batch recompiles. Duck
-  shaping is switched off around the compiled call.
+  each such batch compiled a graph of its own, up to torch's limit of 8 per function. Such
+  batches (a last batch of one jet, jets of one track) run eagerly here instead: never more
+  than one training graph.
+* Two tensor sizes that happen to be equal in the first batch (as many tracks as jets) are
+  given one symbol ("duck shaping") and the graph is guarded on that equality: the next batch
+  recompiled. Duck shaping is switched off around the compiled call.
 * Training and evaluation (`model.eval()`, no_grad / inference mode) are separate graphs: a fit
   with validation compiles two, once each.
 
