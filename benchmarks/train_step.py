@@ -1,13 +1,28 @@
 """Training throughput of a salt model on any UPP-format file.
 
     python benchmarks/train_step.py --config configs/GN2.yaml --train-file F \
-        [--batch-size 1000] [--steps 20] [--attention packed|padded] [--precision 32] [--compile]
+        [--batch-size 1000] [--steps 20] [--attention packed|padded] [--precision bf16-mixed] \
+        [--compile] [--num-workers N] [--json result.json] [-- more salt options]
 
 Trains through Lightning exactly as `salt fit` does (same datamodule, model, optimiser and
-schedule; no validation, checkpoints or logs) and prints a table, then last one JSON line with
-`jets_per_s`, `s_per_step` (median over the timed steps, after `--warmup` untimed ones),
-`seconds_to_first_step` (from the start of this process to the start of the first training
-step; `seconds_to_first_step_end` to its end) and `peak_rss_mb`.
+schedule; no validation, checkpoints or logs) and prints a table, then last one JSON line (also
+written to `--json`) with:
+
+* `jets_per_s`, `s_per_step`: mean jets per batch over the median step, over the timed steps
+  after `--warmup` untimed ones. A step is forward, backward and optimiser step, timed on the host
+  clock on a CPU and by CUDA events on a GPU (no synchronisation is added between steps);
+* `window_jets_per_s`: jets of the timed steps over the wall-clock time from the start of the
+  first to the end of the last (the device synchronised there), so the loader and the copies to
+  the device count too;
+* `first_step_s` (the first step alone: with `--compile` it compiles), `seconds_to_first_step`
+  (from the start of this process to the start of the first training step;
+  `seconds_to_first_step_end` to its end), `peak_rss_mb`, and on a GPU `peak_gpu_mb`
+  (`torch.cuda.max_memory_allocated`) and `gpu`;
+* with `--compile` (`salt.models.compile.compile_model`, as `salt fit --compile`): `compile`,
+  holding `graphs` (graphs compiled over the run: 1 when no batch needed a recompile),
+  `recompiles`, `graph_breaks`, `compile_s` (dynamo's time compiling forward graphs),
+  `first_step_extra_s` (first step minus the median one: the whole compile cost, backward
+  included) and `batches` (how many went through the compiled graph and how many ran eagerly).
 """
 
 from __future__ import annotations
@@ -37,21 +52,65 @@ def process_start_time() -> float:
 
 
 class StepTimer(L.Callback):
-    def __init__(self):
-        self.starts: list[float] = []
-        self.ends: list[float] = []
+    """Times each training step; on a GPU by CUDA events, so that no step waits for the device.
+
+    The device is synchronised only after the first step and around the timed window
+    (`warmup` steps in), where the host clock is read too.
+    """
+
+    def __init__(self, warmup: int, total: int):
+        self.warmup = warmup
+        self.total = total
+        self.starts: list = []
+        self.ends: list = []
         self.jets: list[int] = []
+        self.cuda = False
+
+    def _mark(self):
+        if not self.cuda:
+            return time.perf_counter()
+        import torch
+
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def _sync(self):
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+
+    def on_train_start(self, trainer, pl_module):
+        self.cuda = pl_module.device.type == "cuda"
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.starts.append(time.perf_counter())
+        if len(self.starts) == self.warmup:
+            self._sync()
+            self.window_start = time.perf_counter()
+        self.starts.append(self._mark())
         if len(self.starts) == 1:
             self.first_step_start_wall = time.time()
+            self.first_step_start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.ends.append(time.perf_counter())
+        self.ends.append(self._mark())
         if len(self.ends) == 1:
+            self._sync()
             self.first_step_wall = time.time()
+            self.first_step_s = time.perf_counter() - self.first_step_start
+        if len(self.ends) == self.total:
+            self._sync()
+            self.window_end = time.perf_counter()
         self.jets.append(next(iter(batch["valid"].values() or batch["inputs"].values())).shape[0])
+
+    def on_train_end(self, trainer, pl_module):
+        self._sync()  # every event has completed: elapsed_time can be read
+
+    def step_seconds(self) -> list[float]:
+        if self.cuda:
+            return [s.elapsed_time(e) / 1000 for s, e in zip(self.starts, self.ends)]
+        return [e - s for s, e in zip(self.starts, self.ends)]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -67,9 +126,19 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--precision", default=None, help="default: salt's (32 on CPU, bf16 on GPU)")
     ap.add_argument("--accelerator", default="auto")
     ap.add_argument("--num-workers", type=int, default=0)
-    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="salt.models.compile.compile_model")
+    ap.add_argument(
+        "--compile-backend", default="inductor", help="torch.compile backend (%(default)s)"
+    )
+    ap.add_argument("--compile-mode", default=None, help="torch.compile mode (default: none)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: cores)")
-    args = ap.parse_args(argv)
+    ap.add_argument("--json", type=Path, help="also write the result here")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # after `--`: more salt options, e.g. -- --model.model.init_args.encoder.init_args.num_layers 1
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    args = ap.parse_args(argv[: len(argv) - len(extra) - (1 if "--" in argv else 0)])
+    if args.steps < 1 or args.warmup < 1:
+        ap.error("--steps and --warmup must be at least 1")
 
     import torch
 
@@ -121,15 +190,26 @@ def main(argv: list[str] | None = None) -> dict:
         cli_args += ["--data.class_dict", str(class_dict)]
     if args.precision:
         cli_args += ["--trainer.precision", args.precision]
-    if args.compile:
-        cli_args += ["--compile"]
+    cli_args += extra
     cli = build(cli_args)
-    timer = StepTimer()
+    if args.compile:
+        from salt.models.compile import compile_counters, compile_model
+
+        before = compile_counters()
+        compile_model(cli.model.model, backend=args.compile_backend, mode=args.compile_mode)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    timer = StepTimer(args.warmup, steps)
     cli.trainer.callbacks.append(timer)
     cli.trainer.fit(cli.model, cli.datamodule)
 
-    timed = [e - s for s, e in zip(timer.starts, timer.ends)][args.warmup :]
+    timed = timer.step_seconds()[args.warmup :]
     jets = timer.jets[args.warmup :]
+    if len(timer.ends) < steps:
+        raise SystemExit(
+            f"{len(timer.ends)} steps ran of the {steps} asked: {train} has too few jets for "
+            f"{steps} batches of {args.batch_size}; give fewer --steps or a smaller --batch-size"
+        )
     per_step = statistics.median(timed)
     dataset = cli.datamodule.datasets["train"]
     first = dataset[0]
@@ -144,26 +224,55 @@ def main(argv: list[str] | None = None) -> dict:
         "valid_constituents_per_jet": float(valid.sum(1).float().mean())
         if valid is not None
         else 0,
+        "num_workers": args.num_workers,
         "steps_timed": len(timed),
         "jets_per_s": round(statistics.mean(jets) / per_step, 1),
-        "s_per_step": round(per_step, 4),
+        "s_per_step": round(per_step, 5),
+        "window_jets_per_s": round(sum(jets) / (timer.window_end - timer.window_start), 1),
+        "first_step_s": round(timer.first_step_s, 3),
         # from the command to the first training step: its start (the first batch is read and
         # handed to the model) and its end (after the first backward pass and optimiser step)
         "seconds_to_first_step": round(timer.first_step_start_wall - start, 2),
         "seconds_to_first_step_end": round(timer.first_step_wall - start, 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
-    if torch.cuda.is_available():
+    if timer.cuda:
         result["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 1024**2, 1)
+        result["gpu"] = torch.cuda.get_device_name()
+    if args.compile:
+        from salt.models.compile import compile_calls
+
+        after = compile_counters()
+        graphs = after["graphs"] - before["graphs"]
+        result["compile"] = {
+            "backend": args.compile_backend,
+            "mode": args.compile_mode,
+            "graphs": graphs,
+            "recompiles": max(graphs - 1, 0),
+            "graph_breaks": after["graph_breaks"] - before["graph_breaks"],
+            "compile_s": round(after["compile_s"] - before["compile_s"], 2),
+            "first_step_extra_s": round(timer.first_step_s - per_step, 2),
+            "batches": compile_calls(cli.model.model),
+        }
     print(
         f"\n{args.config} attention={args.attention} batch={args.batch_size} "
         f"precision={result['precision']} device={result['device']}\n"
-        f"  {result['jets_per_s']:>10,.0f} jets/s   {per_step:.3f} s/step   "
-        f"first step starts after {result['seconds_to_first_step']:.1f} s, ends after "
-        f"{result['seconds_to_first_step_end']:.1f} s   "
-        f"peak RSS {result['peak_rss_mb']:,.0f} MB"
+        f"  {result['jets_per_s']:>10,.0f} jets/s   {per_step:.4f} s/step   "
+        f"{result['window_jets_per_s']:,.0f} jets/s with loading   "
+        f"first step {result['first_step_s']:.2f} s (starts after "
+        f"{result['seconds_to_first_step']:.1f} s)   peak RSS {result['peak_rss_mb']:,.0f} MB"
+        + (f"   peak GPU {result['peak_gpu_mb']:,.0f} MB" if "peak_gpu_mb" in result else "")
     )
+    if args.compile:
+        c = result["compile"]
+        print(
+            f"  compile: {c['graphs']} graph(s), {c['graph_breaks']} graph break(s), "
+            f"{c['compile_s']:.1f} s in dynamo, first step {c['first_step_extra_s']:.1f} s over "
+            f"the median, batches {c['batches']}"
+        )
     print(json.dumps(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
     return result
 
 
