@@ -266,10 +266,12 @@ class MultiheadAttention(nn.Module):
         ``(out, edge_update)``; the update is None unless update_edges.
         """
         q, k, v = self.qkv(x).unflatten(-1, (3, self.num_heads, self.head_dim)).unbind(-3)
+        # autocast runs norms in fp32: back to the projection's dtype, so that bf16 attention
+        # keeps its (varlen) kernel
         if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
+            q, k = self.q_norm(q).to(q.dtype), self.k_norm(k).to(k.dtype)
         if self.v_norm is not None:
-            v = self.v_norm(v)
+            v = self.v_norm(v).to(v.dtype)
         dropout = self.dropout if self.training else 0.0
         if edges is None:
             return self._project(layout.attention(q, k, v, self.backend, dropout))

@@ -138,7 +138,9 @@ class Packed:
         """
         if varlen_usable(q, backend, dropout):
             return attend_varlen(q, k, v, self.cu_seqlens, self.max_len)
-        (qp, mask), kp, vp = self.pad(q), self.pad(k)[0], self.pad(v)[0]
+        # at least one slot, even in a batch without any constituent
+        length = max(self.max_len, 1)
+        (qp, mask), kp, vp = self.pad(q, length), self.pad(k, length)[0], self.pad(v, length)[0]
         # an empty jet would give a row with nothing to attend to: let it see its (zero) first
         # slot; its output is dropped by unpad anyway
         mask = mask.clone()

@@ -316,7 +316,8 @@ class SaltModel(nn.Module):
         if valid is None:  # padded: types side by side along the slot axis, registers last
             parts = [tokens[n] for n in self.constituents]
             if n_reg:
-                parts.append(self.encoder.registers.expand(parts[0].shape[0], -1, -1))
+                registers = self.encoder.registers.to(parts[0].dtype)  # autocast: bf16 tokens
+                parts.append(registers.expand(parts[0].shape[0], -1, -1))
             x = torch.cat(parts, dim=1)
             where, start = {}, 0
             for n in self.constituents:
@@ -355,7 +356,7 @@ class SaltModel(nn.Module):
             offset = offset + layout.lengths
         if not n_reg:
             return x, merged, where, None, merged
-        registers = self.encoder.registers  # (R, D)
+        registers = self.encoder.registers.to(x.dtype)  # (R, D); autocast: bf16 tokens
         slots = (start[:-1] + offset)[:, None] + torch.arange(n_reg, device=device)  # (B, R)
         x[slots.reshape(-1)] = registers.expand(n_jets, -1, -1).reshape(-1, registers.shape[-1])
         if not self.drop_registers:
