@@ -28,7 +28,7 @@ from salt.demo.tracks import (
     measure,
     track_specs,
 )  # fmt: skip
-from salt.demo.writer import DatasetSpec, Split
+from salt.demo.writer import Arena, DatasetSpec, Split
 
 JET_DTYPE = np.dtype(
     [
@@ -97,6 +97,8 @@ def generate(
     n: int,
     split: Split,
     first_jet: int,
+    arena: Arena | None = None,
+    *,
     table: ClassTable,
     num_tracks: int,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -110,15 +112,15 @@ def generate(
     semileptonic = (s["lepton"][:, 3:6] != 0).any(axis=1)
     _truth_pt(rng, jets, semileptonic)
 
-    trk = measure(rng, t["pt"], t["eta"], t["phi"], s)
+    trk = measure(rng, t["pt"], t["eta"], t["phi"], s, arena)
     spec = {sp.name: sp for sp in specs(num_tracks)}
     data = {
         "jets": jets,
-        "tracks": trk.padded(n, num_tracks, spec["tracks"], loose=False),
-        "tracks_ghost": trk.padded(n, num_tracks, spec["tracks_ghost"], loose=True),
+        "tracks": trk.padded(n, num_tracks, spec["tracks"], False, arena),
+        "tracks_ghost": trk.padded(n, num_tracks, spec["tracks_ghost"], True, arena),
     }
     leptons.soft_muons(jets, trk, t["pt"])
-    data["electrons"] = leptons.electrons(rng, trk, t["pt"])
+    data["electrons"] = leptons.electrons(rng, trk, t["pt"], arena)
     # pi0 photons come with the charged pions of fragmentation and decays (taus: tau -> pi pi0)
     neutral = 0.55 * s["count"][:, 0] + 0.3 * s["count"][:, 3:7].sum(axis=1)
     neutral = neutral + 0.8 * (t["species"] == TAU)

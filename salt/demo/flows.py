@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from salt.demo.tracks import PILEUP, Tracks, track_energy
-from salt.demo.writer import DatasetSpec, pack, pad
+from salt.demo.writer import Arena, DatasetSpec, pack, pad
 
 NEUTRAL_HADRON_FRACTION = 0.2
 NEUTRAL_HADRON_MASS = np.array([497.6, 939.6])  # MeV: K0L, neutron
@@ -37,6 +37,7 @@ def flows(
     width: np.ndarray,
     num_neutral: np.ndarray,
     out: DatasetSpec,
+    arena: Arena | None = None,
 ) -> np.ndarray:
     """Flows ``(n, slots)`` of jets with pt, eta and width ``(n,)``; Poisson(``num_neutral``).
 
@@ -70,4 +71,5 @@ def flows(
     }
     all_jets = np.concatenate([trk.jet[charged], jet])
     order = np.argsort(all_jets + 0.5 / (1.0 + cols[f"{pre}pt"] / 1e3), kind="stable")
-    return pad(pack(cols, order, out.dtype), all_jets[order], n, out.slots, out)[0]
+    packed = pack(cols, order, out.dtype, arena, out.name)
+    return pad(packed, all_jets[order], n, out.slots, out, arena)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from salt.demo.tracks import ELECTRON, OTHER_SECONDARY, Tracks
-from salt.demo.writer import DatasetSpec, pack, pad
+from salt.demo.writer import Arena, DatasetSpec, pack, pad
 
 SOFT_MUON_VARS = (
     "softMuon_pt", "softMuon_dR", "softMuon_eta", "softMuon_phi", "softMuon_qOverPratio",
@@ -93,7 +93,9 @@ def soft_muons(jets: np.ndarray, trk: Tracks, jet_pt: np.ndarray) -> None:
         jets[name][jet] = v
 
 
-def electrons(rng: np.random.Generator, trk: Tracks, jet_pt: np.ndarray) -> np.ndarray:
+def electrons(
+    rng: np.random.Generator, trk: Tracks, jet_pt: np.ndarray, arena: Arena | None = None
+) -> np.ndarray:
     """The ``electrons`` dataset ``(n, 10)``: real electrons and fakes among the jet's tracks.
 
     Each electron carries its track's truth origin and vertex index (conversion pairs share one),
@@ -154,4 +156,4 @@ def electrons(rng: np.random.Generator, trk: Tracks, jet_pt: np.ndarray) -> np.n
     # the dumper lists a jet's electrons by decreasing pt
     order = np.argsort(jet + 0.5 / (1.0 + e["pt"] / 1e3), kind="stable")
     packed = pack(cols, order, ELECTRON_DTYPE)
-    return pad(packed, jet[order], len(jet_pt), NUM_ELECTRON_SLOTS, ELECTRON_SPEC)[0]
+    return pad(packed, jet[order], len(jet_pt), NUM_ELECTRON_SLOTS, ELECTRON_SPEC, arena)

@@ -16,12 +16,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from salt.demo.writer import DatasetSpec, pack, pad, select
+from salt.demo.writer import Arena, DatasetSpec, pack, pad
 
 PILEUP, FAKE, PRIMARY, FROM_B, FROM_BC, FROM_C, FROM_TAU, OTHER_SECONDARY = range(8)
 NO_TRUTH, OTHER, PION, KAON, ELECTRON, MUON = range(6)
 # GN3-era ftagTruthTypeLabel of tracks_ghost: |value| per type above, signed like the PDG id
 SIGNED_TYPE_CODE = np.array([0, 1, 2, 3, 5, 6])
+# and back, from signed values -6..6 (padding -1 stays -1: no type has the code 1 negated)
+_UNSIGNED_TYPE = np.array([5, 4, -1, 3, 2, -1, 0, 1, 2, 3, -1, 4, 5], dtype=np.int32)
 K_SHORT, LAMBDA, CONVERSION, MATERIAL = range(4)  # kinds of displaced pairs (OTHER_SECONDARY)
 
 # ftagTruthTypeLabel probabilities per origin (NoTruth, Other, Pion, Kaon, Electron, Muon);
@@ -138,14 +140,16 @@ class Tracks:
     sigma_d0: np.ndarray  # mm
     sigma_z0: np.ndarray  # mm
 
-    def padded(self, n: int, slots: int, spec: DatasetSpec, loose: bool) -> np.ndarray:
+    def padded(
+        self, n: int, slots: int, spec: DatasetSpec, loose: bool, arena: Arena | None
+    ) -> np.ndarray:
         """``tracks`` (``loose`` False) or ``tracks_ghost`` (True), ``(n, slots)``."""
         if loose:
-            return pad(self.packed, self.jet, n, slots, spec)[0]
-        tight = ~self.loose
-        packed = select(self.packed, tight)
-        packed["ftagTruthTypeLabel"] = self.type_label[tight]
-        return pad(packed, self.jet[tight], n, slots, spec)[0]
+            return pad(self.packed, self.jet, n, slots, spec, arena)
+        out = pad(self.packed, self.jet, n, slots, spec, arena, mask=~self.loose)
+        # back to the tracks' unsigned types; padding (-1) stays as it is
+        out["ftagTruthTypeLabel"] = _UNSIGNED_TYPE[out["ftagTruthTypeLabel"] + 6]
+        return out
 
 
 def _small_count(u: np.ndarray, lam: np.ndarray) -> np.ndarray:
@@ -181,6 +185,7 @@ def measure(
     jet_eta: np.ndarray,
     jet_phi: np.ndarray,
     s: dict[str, np.ndarray],
+    arena: Arena | None = None,
 ) -> Tracks:
     """Tracks of the vertex slots ``s`` (``(n, V)`` each) of jets with the given axis ``(n,)``.
 
@@ -342,7 +347,7 @@ def measure(
     # the dumper sorts tracks by decreasing |d0 significance|; the key keeps jets contiguous
     order = np.argsort(jet + 0.5 / (1.0 + np.abs(d0_sig.astype(np.float64))), kind="stable")
     return Tracks(
-        packed=pack(fields, order, TRACK_DTYPE),
+        packed=pack(fields, order, TRACK_DTYPE, arena, "tracks"),
         jet=jet[order],
         loose=loose[order],
         type_label=ttype[order],

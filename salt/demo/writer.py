@@ -64,39 +64,74 @@ class Split:
     natural: bool  # test: natural spectrum and class mix; train/val: resampled-like
 
 
-# generate(rng, n, split, first_jet) -> ({dataset: array}, component id per jet)
+class Arena:
+    """Arrays reused from one block to the next, keyed by name.
+
+    A fresh array of tens of MB costs a page fault per 4 kB on first touch, more than filling it;
+    the writer keeps two arenas and alternates, as one block is written while the next is made.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, np.ndarray] = {}
+
+    def empty(self, key: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """An uninitialised array of ``shape`` and ``dtype``, valid until ``key`` is asked again."""
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        buf = self._buffers.get(key)
+        if buf is None or len(buf) < nbytes:
+            buf = self._buffers[key] = np.empty(int(nbytes * 1.25) + 64, dtype=np.uint8)
+        return buf[:nbytes].view(dtype).reshape(shape)
+
+
+# generate(rng, n, split, first_jet, arena) -> ({dataset: array}, component id per jet)
 Generator = Callable[
-    [np.random.Generator, int, Split, int], tuple[dict[str, np.ndarray], np.ndarray]
+    [np.random.Generator, int, Split, int, Arena], tuple[dict[str, np.ndarray], np.ndarray]
 ]
 
 
 def pad(
-    packed: np.ndarray, jet: np.ndarray, n: int, slots: int, spec: DatasetSpec
-) -> tuple[np.ndarray, np.ndarray]:
-    """Constituents ``(M,)`` grouped by jet (``jet`` sorted) -> ``(n, slots)`` and counts ``(n,)``.
+    packed: np.ndarray,
+    jet: np.ndarray,
+    n: int,
+    slots: int,
+    spec: DatasetSpec,
+    arena: Arena | None = None,
+    mask: np.ndarray | None = None,
+) -> np.ndarray:
+    """Constituents ``(M,)`` grouped by jet (``jet`` sorted) -> ``(n, slots)``.
 
-    Entries beyond ``slots`` in a jet are dropped, so callers sort each jet's entries by priority.
+    Only entries where ``mask`` is True are taken; entries beyond ``slots`` in a jet are dropped,
+    so callers sort each jet's entries by priority. The result lives in ``arena`` (under the
+    dataset's name) when one is given.
     """
+    take = np.ones(len(jet), dtype=bool) if mask is None else mask.copy()
+    jet = jet[take]
     counts = np.bincount(jet, minlength=n)
     position = np.arange(len(jet)) - (np.cumsum(counts) - counts)[jet]
     keep = position < slots
+    take[take] = keep
+    shape = (n, slots)
+    out = (
+        np.empty(shape, spec.dtype) if arena is None else arena.empty(spec.name, shape, spec.dtype)
+    )
     # Records are copied as raw bytes: numpy copies structured items field by field, which is
     # several times slower than moving the same bytes as one opaque item.
-    out = np.empty((n, slots), dtype=spec.dtype)
     out.view(np.uint8).reshape(n, -1)[...] = spec.padding().view(np.uint8)
     raw = np.dtype((np.void, spec.dtype.itemsize))
-    out.reshape(-1).view(raw)[jet[keep] * slots + position[keep]] = packed.view(raw)[keep]
-    return out, np.minimum(counts, slots)
+    out.reshape(-1).view(raw)[jet[keep] * slots + position[keep]] = packed.view(raw)[take]
+    return out
 
 
-def select(packed: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """``packed[mask]`` for a structured array, copied as raw bytes (see `pad`)."""
-    return packed.view(np.dtype((np.void, packed.dtype.itemsize)))[mask].view(packed.dtype)
-
-
-def pack(columns: dict[str, np.ndarray | float | int], order: np.ndarray, dtype) -> np.ndarray:
+def pack(
+    columns: dict[str, np.ndarray | float | int],
+    order: np.ndarray,
+    dtype: np.dtype,
+    arena: Arena | None = None,
+    key: str = "",
+) -> np.ndarray:
     """A structured array of ``dtype`` from columns, rows taken in ``order``."""
-    out = np.empty(len(order), dtype=dtype)
+    shape = (len(order),)
+    out = np.empty(shape, dtype) if arena is None else arena.empty(f"packed {key}", shape, dtype)
     # Filled in slices that stay in the CPU cache: writing one field of every record in turn
     # would stream the whole array through memory once per field.
     step = max(256, 2**18 // dtype.itemsize)
@@ -216,14 +251,15 @@ def write_split(
                 ds[start:stop] = data[name]
 
         # One thread writes (compresses) block k while this one generates block k+1: h5py
-        # releases the GIL in HDF5 calls, and writing takes about as long as generating.
+        # releases the GIL in HDF5 calls. Each block fills one of two arenas in turn.
+        arenas = (Arena(), Arena())
         with ThreadPoolExecutor(max_workers=1) as pool:
             pending = None
             for block, start in enumerate(range(0, n, GEN_BLOCK)):
                 stop = min(start + GEN_BLOCK, n)
                 key = (split.key, block)
                 rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
-                data, component = generate(rng, stop - start, split, start)
+                data, component = generate(rng, stop - start, split, start, arenas[block % 2])
                 if pending is not None:
                     pending.result()  # at most one block waits, and errors surface here
                 pending = pool.submit(write, start, stop, data)
