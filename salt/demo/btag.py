@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from salt.demo import flows, hadrons, leptons
+from salt.demo import decays, flows, hadrons, leptons
 from salt.demo.classes import LIGHT, TAU, B, C, ClassTable
-from salt.demo.hadrons import B_HADRONS, C_HADRONS, HADRON_DTYPE, NUM_HADRON_SLOTS
+from salt.demo.hadrons import HADRON_DTYPE, NUM_HADRON_SLOTS
 from salt.demo.tracks import (
     FAKE,
     FROM_B,
@@ -71,7 +71,7 @@ SLOT_ORIGIN = np.array(
 _V0_SLOTS = slice(7, 10)
 _LOOSE_SLOTS = slice(10, 12)
 _DROP_ORDER = (0, 1, 2, 9, 8, 7, 6, 5, 4, 3)  # too many tracks: the least informative go first
-TAU_MASS, TAU_CTAU = hadrons.TAU_MASS, hadrons.TAU_CTAU
+_DECAY_SLOTS = decays.DecaySlots(b=3, bc=4, c=5, tau=6)
 # The V0 rate mostly sets how hard light jets are to reject (0.06 per slot gives a best-track
 # light rejection of ~20 at 70% b efficiency on ttbar); s jets make K0s and Lambdas ~3x as often.
 V0_RATE, V0_RATE_S, V0_RATE_G = 0.06, 0.20, 0.08
@@ -124,7 +124,7 @@ def generate(
     # pi0 photons come with the charged pions of fragmentation and decays (taus: tau -> pi pi0)
     neutral = 0.55 * s["count"][:, 0] + 0.3 * s["count"][:, 3:7].sum(axis=1)
     neutral = neutral + 0.8 * (t["species"] == TAU)
-    data["flows"] = flows.flows(rng, trk, t["pt"], t["eta"], t["frag"], neutral, spec["flows"])
+    data["flows"] = flows.flows(rng, trk, t["pt"], t["eta"], neutral, spec["flows"], arena)
     data["truth_hadrons"] = hadrons.truth_hadrons(n, **had)
     return data, t["highpt"] * len(table.names) + t["label"]
 
@@ -163,23 +163,10 @@ def _jets(
         event = 10 * (index // 8) + index % 8 if split.key == 0 else 10 * index + 8
     phi = rng.uniform(-np.pi, np.pi, n)
 
-    # the labelling hadron: its signed id (the quark is drawn), mass and lifetime
+    # the labelling hadron (or tau): its signed id, mass, momentum and decay length
     b, c, tau = species == B, species == C, species == TAU
-    quark = rng.random(n) < 0.5  # b jets: anti-b; c jets: c (not anti-c); tau: tau-
-    abs_pdg = table.hadron[rec]
-    pdg = np.select(
-        [b, c, tau],
-        [hadrons.b_signed_pdg(abs_pdg, quark), np.where(quark, abs_pdg, -abs_pdg),
-         np.where(quark, 15, -15)],
-        0,
-    )  # fmt: skip
-    b_row, c_row = B_HADRONS.index(abs_pdg).clip(max=3), C_HADRONS.index(abs_pdg).clip(max=3)
-    mass = np.select([b, c, tau], [B_HADRONS.mass[b_row], C_HADRONS.mass[c_row], TAU_MASS], 1.0)
-    ctau = np.select([b, c, tau], [B_HADRONS.ctau[b_row], C_HADRONS.ctau[c_row], TAU_CTAU], 0.0)
-    # hadron momentum fraction: b fragmentation is hard, charm and visible tau softer
-    z = 0.5 + 0.4 * np.where(b, rng.beta(3, 2, n), rng.beta(2, 2, n))
-    had_pt = np.where(light, 0.0, z * pt)
-    lxy = rng.standard_exponential(n) * had_pt / mass * ctau
+    h = decays.labelling_hadron(rng, species, table.hadron[rec], pt)
+    pdg, had_pt, lxy = h["pdg"], h["pt"], h["lxy"]
 
     u = rng.random(n)
     truth = np.array([5, 4, 0, 15], dtype=np.int32)[species]
@@ -219,8 +206,7 @@ def _jets(
     frag = np.minimum(0.03 + 0.07 * np.sqrt(50e3 / pt), 0.2)  # core width of the jet
     t = {
         "species": species, "parton": parton, "label": label, "pt": pt, "eta": eta, "phi": phi,
-        "highpt": highpt, "had_pt": had_pt, "lxy": lxy, "pdg": pdg, "quark": quark,
-        "mass": mass, "frag": frag * np.where(gluon, GLUON_WIDTH, 1.0),
+        "highpt": highpt, "hadron": h, "frag": frag * np.where(gluon, GLUON_WIDTH, 1.0),
     }  # fmt: skip
     return jets, t
 
@@ -237,16 +223,14 @@ def _truth_pt(rng: np.random.Generator, jets: np.ndarray, semileptonic: np.ndarr
 def _vertices(
     rng: np.random.Generator, t: dict[str, np.ndarray], num_tracks: int
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Vertex slots ``(n, V)`` of the jets and their hadron columns ``(n, 2)``."""
-    species, pt, had_pt, lxy = t["species"], t["pt"], t["had_pt"], t["lxy"]
+    """Vertex slots ``(n, V)`` of the jets and their truth-hadron columns ``(n, 2)``."""
+    species, pt = t["species"], t["pt"]
     n, V = len(species), len(SLOT_ORIGIN)
     s = empty_slots(n, V)
     s["origin"][:] = SLOT_ORIGIN
     s["loose"][:, _LOOSE_SLOTS] = True
-    b, c, tau = species == B, species == C, species == TAU
     light = species == LIGHT
     strange, gluon = light & (t["parton"] == 3), light & (t["parton"] == 21)
-    safe_had = np.maximum(had_pt, 1.0)
     frag = t["frag"]
 
     log_pt = np.log(pt / 20e3)
@@ -268,82 +252,17 @@ def _vertices(
     )
     s["kaon"][:, 0] = np.where(strange, S_KAON, 0.0)
 
-    # the B (b jets), the charm hadron (c jets) or the tau flies along the jet axis and decays
-    # at lxy; its decay products open up by ~m/p
-    hf_phi, hf_eta = rng.normal(0, 1, (2, n)) * 0.3 * frag
-    hf_x, hf_y, hf_z = lxy * np.cos(hf_phi), lxy * np.sin(hf_phi), lxy * np.sin(hf_eta)
-    hf_spread = np.minimum(0.8 * t["mass"] / safe_had, 0.3)
-
-    # the cascade charm of a B holds the partner of the b's quark (anti-b -> anti-c)
-    pdg = t["pdg"]
-    cascade = hadrons.draw_charm(rng, n, ~t["quark"])
-    c_pdg = np.where(b, cascade, np.where(c, pdg, 0))
-    q_charm = np.where(b | c, hadrons.signed_charge(C_HADRONS, c_pdg), 0)
-    q_b = np.where(b, hadrons.signed_charge(B_HADRONS, np.where(b, pdg, 511)), 0)
-    b_quark_sign = np.where(t["quark"], 1, -1)  # +1: anti-b (charge +1/3) in b jets
-    c_quark_sign = np.where(c_pdg > 0, 1, -1)  # +1: c (charge +2/3)
-
-    # charged decay products before reconstruction (parity follows the charge to share out);
-    # displaced tracks are lost once the decay is beyond the inner pixel layers
-    n_b = 1 + rng.binomial(4, 0.45, n)
-    n_b += (n_b + q_b - q_charm) % 2
-    n_bc = rng.binomial(4, 0.5, n)
-    n_bc += (n_bc + q_charm) % 2
-    n_c = 1 + rng.binomial(3, 0.5, n)
-    n_c += (n_c + q_charm) % 2
-    n_tau = np.where(rng.random(n) < 0.75, 1, 3)
-    eff = 0.92 * np.clip((200.0 - lxy) / 160.0, 0.0, 1.0)
-    for slot, mask, n_true, share, target in (
-        (3, b, n_b, 0.6 / (n_b + n_bc), q_b - q_charm),
-        (5, c, n_c, 0.6 / n_c, q_charm),
-        (6, tau, n_tau, 0.8 / n_tau, -np.sign(pdg)),
-    ):
-        s["count"][:, slot] = np.where(mask, rng.binomial(n_true, eff), 0)
-        for key, val in (("x", hf_x), ("y", hf_y), ("z", hf_z), ("phi", hf_phi), ("eta", hf_eta)):
-            s[key][:, slot] = val
-        s["spread"][:, slot] = hf_spread
-        s["ptscale"][:, slot] = share * had_pt
-        s["charge"][:, slot] = np.where(mask, target, 0)
-
-    # charm from the B decay flies on from the B vertex, carrying about 60% of its momentum
-    charm_pt = safe_had * rng.uniform(0.4, 0.8, n)
-    c_mass = C_HADRONS.mass[C_HADRONS.index(np.abs(cascade))]
-    c_ctau = C_HADRONS.ctau[C_HADRONS.index(np.abs(cascade))]
-    c_lxy = rng.standard_exponential(n) * charm_pt / c_mass * c_ctau
-    c_phi = hf_phi + rng.normal(0, 0.5, n) * hf_spread
-    c_eta = hf_eta + rng.normal(0, 0.5, n) * hf_spread
-    c_x, c_y = hf_x + c_lxy * np.cos(c_phi), hf_y + c_lxy * np.sin(c_phi)
-    c_eff = 0.92 * np.clip((200.0 - np.hypot(c_x, c_y)) / 160.0, 0.0, 1.0)
-    s["count"][:, 4] = np.where(b, rng.binomial(n_bc, c_eff), 0)
-    s["x"][:, 4], s["y"][:, 4], s["z"][:, 4] = c_x, c_y, hf_z + c_lxy * np.sin(c_eta)
-    s["phi"][:, 4], s["eta"][:, 4] = c_phi, c_eta
-    s["spread"][:, 4] = np.minimum(0.8 * c_mass / charm_pt, 0.3)
-    s["ptscale"][:, 4] = 0.6 * charm_pt / np.maximum(n_bc, 1)
-    s["charge"][:, 4] = np.where(b, q_charm, 0)
-
-    # semileptonic decays: B -> l 21%, B -> C -> l 20%, C -> l (c jets) 16%, half e, half mu;
-    # b -> l-, anti-b -> l+, c -> l+: the lepton's charge follows the quark
-    u = rng.random((n, 3))
-    for col, slot, p, sign in (
-        (0, 3, 0.21, b_quark_sign), (1, 4, 0.20, c_quark_sign), (2, 5, 0.16, c_quark_sign),
-    ):  # fmt: skip
-        s["lepton"][:, slot] = np.where(u[:, col] < p, np.where(u[:, col] < p / 2, 11, 13), 0)
-        s["lepton_charge"][:, slot] = np.where(s["lepton"][:, slot] != 0, sign, 0)
+    # the B (b jets), the charm hadron (c jets) or the tau flies along the jet axis
+    axis = np.zeros(n)
+    barcode = rng.integers(10_001, 190_000, n)
+    had = decays.decay_vertices(
+        rng, s, _DECAY_SLOTS, species, t["hadron"], axis, axis, frag, barcode
+    )
     s["pattern"][:, 3:10] = True
 
     # V0 (K0s, Lambda), photon conversions and material interactions: displaced pairs
     rate = np.where(strange, V0_RATE_S, np.where(gluon, V0_RATE_G, V0_RATE))
-    v0 = rng.random((n, 3)) < rate[:, None]
-    s["count"][:, _V0_SLOTS] = v0 * (2 - (rng.random((n, 3)) < 0.15))
-    v0_l = 1.0 + rng.exponential(8.0, (n, 3))
-    v0_phi, v0_eta = rng.normal(0, 1, (2, n, 3)) * frag[:, None]
-    s["x"][:, _V0_SLOTS], s["y"][:, _V0_SLOTS] = v0_l * np.cos(v0_phi), v0_l * np.sin(v0_phi)
-    s["z"][:, _V0_SLOTS], s["phi"][:, _V0_SLOTS] = v0_l * np.sin(v0_eta), v0_phi
-    s["eta"][:, _V0_SLOTS] = v0_eta
-    s["spread"][:, _V0_SLOTS] = 0.06
-    s["ptscale"][:, _V0_SLOTS] = 1500.0
-    cdf = _V0_KIND_CDF[strange.astype(int)]
-    s["v0kind"][:, _V0_SLOTS] = (rng.random((n, 3, 1)) > cdf[:, None, :]).sum(axis=2)
+    v0_pairs(rng, s, _V0_SLOTS, rate, axis, axis, frag, strange)
 
     # at most num_tracks tracks in each collection: drop the least informative first
     excess = np.maximum(s["count"][:, :10].sum(axis=1) - num_tracks, 0)
@@ -359,21 +278,32 @@ def _vertices(
     # truth vertex index: 0 primary, -1 pileup/fake, 1, 2, ... for the secondary vertices present
     s["index"][:, [1, 2, 10, 11]] = -1
     s["index"][:, 3:10] = np.cumsum(s["count"][:, 3:10] > 0, axis=1)
-
-    # truth hadrons: the B and its cascade charm (b jets), the charm hadron (c jets)
-    barcode = rng.integers(10_001, 190_000, n)
-    b_code, c_code = barcode, barcode + rng.integers(1, 60, n)
-    s["barcode"][:, 3] = np.where(b, b_code, -1)
-    s["barcode"][:, 4] = np.where(b, c_code, -1)
-    s["barcode"][:, 5] = np.where(c, barcode, -1)
-    c_lxy_total = np.where(b, np.hypot(c_x, c_y), lxy)
-    had = {
-        "barcode": np.stack([barcode, c_code], axis=1),
-        "flavour": np.stack([np.select([b, c], [5, 4], 0), np.where(b, 4, 0)], axis=1),
-        "pt": np.stack([had_pt, charm_pt], axis=1),
-        "lxy": np.stack([lxy, c_lxy_total], axis=1),
-        "deta": np.stack([hf_eta, c_eta], axis=1),
-        "dphi": np.stack([hf_phi, c_phi], axis=1),
-        "mass": np.stack([t["mass"], c_mass], axis=1),
-    }
     return s, had
+
+
+def v0_pairs(
+    rng: np.random.Generator,
+    s: dict[str, np.ndarray],
+    slots: slice,
+    rate: np.ndarray,
+    axis_phi: np.ndarray,
+    axis_eta: np.ndarray,
+    width: np.ndarray,
+    strange: np.ndarray,
+) -> None:
+    """Displaced pairs (K0s, Lambda, conversions, material) in ``slots``, ``rate`` per slot."""
+    n, k = len(rate), slots.stop - slots.start
+    v0 = rng.random((n, k)) < rate[:, None]
+    s["count"][:, slots] = v0 * (2 - (rng.random((n, k)) < 0.15))
+    v0_l = 1.0 + rng.exponential(8.0, (n, k))
+    v0_phi = axis_phi[:, None] + rng.normal(0, 1, (n, k)) * width[:, None]
+    v0_eta = axis_eta[:, None] + rng.normal(0, 1, (n, k)) * width[:, None]
+    s["x"][:, slots], s["y"][:, slots] = v0_l * np.cos(v0_phi), v0_l * np.sin(v0_phi)
+    s["z"][:, slots], s["phi"][:, slots] = v0_l * np.sin(v0_eta), v0_phi
+    s["eta"][:, slots] = v0_eta
+    s["spread"][:, slots] = 0.06
+    s["ptscale"][:, slots] = 1500.0
+    s["origin"][:, slots] = OTHER_SECONDARY
+    s["pattern"][:, slots] = True
+    cdf = _V0_KIND_CDF[strange.astype(int)]
+    s["v0kind"][:, slots] = (rng.random((n, k, 1)) > cdf[:, None, :]).sum(axis=2)

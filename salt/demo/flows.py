@@ -3,8 +3,8 @@
 A charged flow object is a track from the hard scatter (pileup tracks are removed, as charged
 hadron subtraction does), with the track's momentum and direction and a pion's energy. Neutral
 flows are calorimeter clusters: photons from pi0 decays (most of them) and neutral hadrons (K0L,
-neutrons), spread like the jet's fragmentation. A jet lists its flows by decreasing pt; those
-beyond the slots are dropped.
+neutrons), each close to a charged particle of the jet, with about its momentum. A jet lists its
+flows by decreasing pt; those beyond the slots are dropped.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from salt.demo.writer import Arena, DatasetSpec, pack, pad
 NEUTRAL_HADRON_FRACTION = 0.2
 NEUTRAL_HADRON_MASS = np.array([497.6, 939.6])  # MeV: K0L, neutron
 NEUTRAL_MIN_PT = 500.0  # MeV
-NEUTRAL_PT_SHARE = 0.35  # of the jet's pt, carried by the neutral flows on average
+NEUTRAL_SPREAD = 0.05  # angle between a neutral flow and the charged one it travels with
 
 
 def spec(name: str, slots: int, prefix: str) -> DatasetSpec:
@@ -34,26 +34,30 @@ def flows(
     trk: Tracks,
     jet_pt: np.ndarray,
     jet_eta: np.ndarray,
-    width: np.ndarray,
     num_neutral: np.ndarray,
     out: DatasetSpec,
     arena: Arena | None = None,
+    cone: float = 0.45,
 ) -> np.ndarray:
-    """Flows ``(n, slots)`` of jets with pt, eta and width ``(n,)``; Poisson(``num_neutral``).
+    """Flows ``(n, slots)`` of jets with pt and eta ``(n,)``; Poisson(``num_neutral``) neutrals.
 
-    Charged flows come from the ``tracks`` (not ``tracks_ghost``) that are not pileup.
+    Charged flows come from the ``tracks`` (not ``tracks_ghost``) that are not pileup. Each
+    neutral flow sits near a charged one of its jet (pi0 photons travel with the charged pions),
+    so neutrals follow the jet's structure, subjets included; ``cone`` bounds their angles.
     """
     t = trk.packed
     charged = np.flatnonzero(~trk.loose & (t["ftagTruthOriginLabel"] != PILEUP))
     n = len(jet_pt)
-    count = rng.poisson(num_neutral)
+    per_jet = np.bincount(trk.jet[charged], minlength=n)
+    first = np.cumsum(per_jet) - per_jet
+    count = np.where(per_jet > 0, rng.poisson(num_neutral), 0)
     jet = np.repeat(np.arange(n), count)
     m = len(jet)
     normal = rng.standard_normal((2, m))
-    scale = NEUTRAL_PT_SHARE * jet_pt / (num_neutral + 2.0)
-    pt = np.minimum(NEUTRAL_MIN_PT + scale[jet] * rng.standard_exponential(m), jet_pt[jet])
-    deta = 0.45 * np.tanh(1.2 * width[jet] * normal[0] / 0.45)
-    dphi = 0.45 * np.tanh(1.2 * width[jet] * normal[1] / 0.45)
+    seed = charged[first[jet] + (rng.random(m) * per_jet[jet]).astype(np.int64)]
+    pt = np.minimum(NEUTRAL_MIN_PT + t["pt"][seed] * rng.standard_exponential(m), jet_pt[jet])
+    deta = cone * np.tanh((t["deta"][seed] + NEUTRAL_SPREAD * normal[0]) / cone)
+    dphi = cone * np.tanh((t["dphi"][seed] + NEUTRAL_SPREAD * normal[1]) / cone)
     p = pt * np.cosh(jet_eta[jet] + deta)
     hadron = rng.random(m) < NEUTRAL_HADRON_FRACTION
     mass = np.where(hadron, NEUTRAL_HADRON_MASS[(rng.random(m) < 0.5).astype(int)], 0.0)
