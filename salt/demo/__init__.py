@@ -6,8 +6,9 @@ files, and every salt-ml config finds the datasets and variables it reads. The c
 from small vectorised models of jet physics, one module per kind:
 
 - `btag`: small-R jets with their vertices (primary, B -> C cascade, charm, tau, V0s);
-  `tracks`: tracks from vertices, `leptons`: soft muons and electrons, `flows`: particle
-  flow, `hadrons`: the truth hadrons and their barcodes;
+  `decays`: the b, c, tau and V0 decays; `tracks`: tracks from vertices; `leptons`: soft
+  muons and electrons; `flows`: particle flow; `hadrons`: the truth hadrons and their barcodes;
+- `xbb`: large-R jets of boosted H, W/Z, top and QCD with their subjets;
 - `classes`: which ftag flavour names a file can hold; `writer`: UPP's layout and dicts.
 
 Shapes: ``jets`` is ``(N,)``, constituents ``(N, slots)``, all structured.
@@ -26,7 +27,7 @@ from pathlib import Path
 import yaml
 
 import salt
-from salt.demo import btag
+from salt.demo import btag, xbb
 from salt.demo.classes import BTAG_CLASSES, btag_table, parse_classes
 from salt.demo.errors import DemoDataError
 from salt.demo.writer import GEN_BLOCK, Split, Statistics, write_split
@@ -34,7 +35,7 @@ from salt.demo.writer import GEN_BLOCK, Split, Statistics, write_split
 __all__ = ["DemoDataError", "main", "write_demo_dataset"]
 
 log = logging.getLogger(__name__)
-KINDS = ("btag",)
+KINDS = ("btag", "xbb")
 COMPRESSIONS = ("lz4", "gzip", "none")
 
 
@@ -53,11 +54,13 @@ def write_demo_dataset(
         out_dir: output folder, created if missing; existing demo files in it are overwritten.
         num_jets: training jets; validation and test files get ``num_jets // 10`` each.
         seed: the same seed gives identical datasets.
-        num_tracks: track (and flow) slots per jet.
+        num_tracks: track and flow slots per jet of kind ``btag``; ``xbb`` always has 100
+            (GN2X reads 100 of each).
         compression: ``"lz4"`` (UPP's default, HDF5 filter 32004), ``"gzip"`` or ``"none"``.
         classes: ftag flavour names, in ``flavour_label`` order (a list or ``"a,b,c"``);
-            None: ``bjets,cjets,ujets,taujets``.
-        kind: ``"btag"`` (small-R jets).
+            None: ``bjets,cjets,ujets,taujets`` (btag) or ``hbb,hcc,top,qcd`` (xbb).
+        kind: ``"btag"`` (small-R jets) or ``"xbb"`` (large-R jets, test file
+            ``pp_output_test_xbb.h5``).
 
     Returns:
         Paths keyed by ``"train"``, ``"val"``, ``"test"``, ``"norm_dict"`` and ``"class_dict"``.
@@ -67,10 +70,17 @@ def write_demo_dataset(
     """
     names = parse_classes(classes) if isinstance(classes, str) else classes
     _check_args(num_jets, seed, num_tracks, compression, kind)
-    table = btag_table(names)
-    specs = btag.specs(num_tracks)
-    generate = partial(btag.generate, table=table, num_tracks=num_tracks)
-    sample, high_sample = "ttbar", "zprime"
+    if kind == "btag":
+        table = btag_table(names)
+        specs = btag.specs(num_tracks)
+        generate = partial(btag.generate, table=table, num_tracks=num_tracks)
+        sample, high_sample = "ttbar", "zprime"
+    else:
+        table = xbb.class_table(names)
+        specs = xbb.specs()
+        generate = partial(xbb.generate, table=table)
+        num_tracks = xbb.NUM_SLOTS
+        sample, high_sample = "xbb", "xbb"
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     splits = [
@@ -153,17 +163,21 @@ def main(argv: list[str] | None = None) -> None:
             "  pp_output_train.h5       N jets, classes in equal parts (tau a third)\n"
             "  pp_output_val.h5         N // 10 jets, same mix\n"
             "  pp_output_test_ttbar.h5  N // 10 jets, natural ttbar-like mix and pt spectrum\n"
+            "                           (pp_output_test_xbb.h5 with --kind xbb)\n"
             "  norm_dict.yaml, class_dict.yaml  in UPP's schema\n"
-            "Datasets: jets, tracks, tracks_ghost, flows, electrons, truth_hadrons. Tracks come\n"
-            "from primary, B, C, tau and V0 vertices, so a tagger has something to learn.\n"
-            "The same seed gives identical files."
+            "Datasets (btag): jets, tracks, tracks_ghost, flows, electrons, truth_hadrons;\n"
+            "(xbb): jets, tracks, flow with 100 slots. Tracks come from primary, B, C, tau and\n"
+            "V0 vertices (xbb: in 1-3 subjets), so a tagger has something to learn. The same\n"
+            "seed gives identical files."
         ),
         epilog=(
             "examples:\n"
             "  salt-demo-data /tmp/demo --num-jets 100000 --seed 1\n"
             "  salt-demo-data /tmp/gn3 --classes "
             "ghostbjets,ghostcjets,ghostsjets,ghostudjets,ghostgjets,ghosttaujets\n"
-            f"\nclasses of --kind btag: {', '.join(BTAG_CLASSES)}"
+            "  salt-demo-data /tmp/xbb --kind xbb --classes hbb,hcc,top,qcd,htautauhad\n"
+            f"\nclasses of --kind btag: {', '.join(BTAG_CLASSES)}\n"
+            f"classes of --kind xbb: {', '.join(xbb.XBB_CLASSES)}"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -176,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
         "--num-tracks",
         type=int,
         default=40,
-        help="track and flow slots per jet, btag (%(default)s)",
+        help="track and flow slots per jet, btag (%(default)s); xbb always has 100",
     )
     parser.add_argument(
         "--compression",
@@ -188,14 +202,19 @@ def main(argv: list[str] | None = None) -> None:
         "--classes",
         metavar="NAMES",
         help="ftag flavour names in flavour_label order, comma-separated "
-        "(default bjets,cjets,ujets,taujets)",
+        "(btag: bjets,cjets,ujets,taujets; xbb: hbb,hcc,top,qcd)",
     )
-    parser.add_argument("--kind", choices=KINDS, default="btag", help="small-R b-tagging jets")
+    parser.add_argument(
+        "--kind", choices=KINDS, default="btag", help="small-R b-tagging or large-R Xbb jets"
+    )
     args = parser.parse_args(argv)
     classes = parse_classes(args.classes)
     try:
         _check_args(args.num_jets, args.seed, args.num_tracks, args.compression, args.kind)
-        btag_table(classes)
+        if args.kind == "btag":
+            btag_table(classes)
+        else:
+            xbb.class_table(classes)
     except DemoDataError as e:
         parser.error(str(e))
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -75,7 +75,6 @@ _DECAY_SLOTS = decays.DecaySlots(b=3, bc=4, c=5, tau=6)
 # The V0 rate mostly sets how hard light jets are to reject (0.06 per slot gives a best-track
 # light rejection of ~20 at 70% b efficiency on ttbar); s jets make K0s and Lambdas ~3x as often.
 V0_RATE, V0_RATE_S, V0_RATE_G = 0.06, 0.20, 0.08
-_V0_KIND_CDF = np.array([[0.5, 0.7, 0.9], [0.6, 0.9, 0.97]])  # K0s, Lambda, conversion | material
 S_KAON = 0.2  # extra chance that a fragmentation track of an s jet is a kaon
 GLUON_WIDTH, GLUON_MULTIPLICITY = 1.4, 1.35  # relative to quark jets
 TTBAR_SPECTRUM = np.array([60e3, 50e3, 45e3, 45e3])  # exponential pt scale per species (MeV)
@@ -262,7 +261,7 @@ def _vertices(
 
     # V0 (K0s, Lambda), photon conversions and material interactions: displaced pairs
     rate = np.where(strange, V0_RATE_S, np.where(gluon, V0_RATE_G, V0_RATE))
-    v0_pairs(rng, s, _V0_SLOTS, rate, axis, axis, frag, strange)
+    decays.v0_pairs(rng, s, _V0_SLOTS, rate, axis, axis, frag, strange)
 
     # at most num_tracks tracks in each collection: drop the least informative first
     excess = np.maximum(s["count"][:, :10].sum(axis=1) - num_tracks, 0)
@@ -279,31 +278,3 @@ def _vertices(
     s["index"][:, [1, 2, 10, 11]] = -1
     s["index"][:, 3:10] = np.cumsum(s["count"][:, 3:10] > 0, axis=1)
     return s, had
-
-
-def v0_pairs(
-    rng: np.random.Generator,
-    s: dict[str, np.ndarray],
-    slots: slice,
-    rate: np.ndarray,
-    axis_phi: np.ndarray,
-    axis_eta: np.ndarray,
-    width: np.ndarray,
-    strange: np.ndarray,
-) -> None:
-    """Displaced pairs (K0s, Lambda, conversions, material) in ``slots``, ``rate`` per slot."""
-    n, k = len(rate), slots.stop - slots.start
-    v0 = rng.random((n, k)) < rate[:, None]
-    s["count"][:, slots] = v0 * (2 - (rng.random((n, k)) < 0.15))
-    v0_l = 1.0 + rng.exponential(8.0, (n, k))
-    v0_phi = axis_phi[:, None] + rng.normal(0, 1, (n, k)) * width[:, None]
-    v0_eta = axis_eta[:, None] + rng.normal(0, 1, (n, k)) * width[:, None]
-    s["x"][:, slots], s["y"][:, slots] = v0_l * np.cos(v0_phi), v0_l * np.sin(v0_phi)
-    s["z"][:, slots], s["phi"][:, slots] = v0_l * np.sin(v0_eta), v0_phi
-    s["eta"][:, slots] = v0_eta
-    s["spread"][:, slots] = 0.06
-    s["ptscale"][:, slots] = 1500.0
-    s["origin"][:, slots] = OTHER_SECONDARY
-    s["pattern"][:, slots] = True
-    cdf = _V0_KIND_CDF[strange.astype(int)]
-    s["v0kind"][:, slots] = (rng.random((n, k, 1)) > cdf[:, None, :]).sum(axis=2)

@@ -1,10 +1,11 @@
-"""Decays of b, c and tau into vertex slots, shared by small-R jets and the subjets of large-R jets.
+"""Decays into vertex slots (b, c, tau, V0s), shared by small-R jets and large-R subjets.
 
 A b-hadron flies along its (sub)jet, decays at a distance set by its lifetime and boost, and makes
 a charm hadron that flies on and decays further out (the b -> c cascade); a charm hadron or a tau
 decays once. The decay products open up by about m/p. The charges of each vertex's tracks add up
 to what the hadron's charge leaves there, and the lepton of a semileptonic decay has the charge of
-its quark, so both b vs c vs light and b vs anti-b are learnable from the tracks.
+its quark, so both b vs c vs light and b vs anti-b are learnable from the tracks. K0s, Lambdas,
+photon conversions and material interactions make displaced pairs in every jet.
 """
 
 from __future__ import annotations
@@ -16,7 +17,11 @@ import numpy as np
 from salt.demo import hadrons
 from salt.demo.classes import LIGHT, TAU, B, C
 from salt.demo.hadrons import B_HADRONS, C_HADRONS, TAU_CTAU, TAU_MASS
-from salt.demo.tracks import FROM_B, FROM_BC, FROM_C, FROM_TAU
+from salt.demo.tracks import FROM_B, FROM_BC, FROM_C, FROM_TAU, OTHER_SECONDARY
+
+# kinds of displaced pair (K0s, Lambda, conversion | material): cumulative shares, and those of
+# s-quark jets, which make more K0s and Lambdas
+_V0_KIND_CDF = np.array([[0.5, 0.7, 0.9], [0.6, 0.9, 0.97]])
 
 
 @dataclass(frozen=True)
@@ -164,3 +169,31 @@ def decay_vertices(
         "dphi": np.stack([hf_phi, c_phi], axis=1),
         "mass": np.stack([h["mass"], c_mass], axis=1),
     }
+
+
+def v0_pairs(
+    rng: np.random.Generator,
+    s: dict[str, np.ndarray],
+    slots: slice,
+    rate: np.ndarray,
+    axis_phi: np.ndarray,
+    axis_eta: np.ndarray,
+    width: np.ndarray,
+    strange: np.ndarray,
+) -> None:
+    """Displaced pairs (K0s, Lambda, conversions, material) in ``slots``, ``rate`` per slot."""
+    n, k = len(rate), slots.stop - slots.start
+    v0 = rng.random((n, k)) < rate[:, None]
+    s["count"][:, slots] = v0 * (2 - (rng.random((n, k)) < 0.15))
+    v0_l = 1.0 + rng.exponential(8.0, (n, k))
+    v0_phi = axis_phi[:, None] + rng.normal(0, 1, (n, k)) * width[:, None]
+    v0_eta = axis_eta[:, None] + rng.normal(0, 1, (n, k)) * width[:, None]
+    s["x"][:, slots], s["y"][:, slots] = v0_l * np.cos(v0_phi), v0_l * np.sin(v0_phi)
+    s["z"][:, slots], s["phi"][:, slots] = v0_l * np.sin(v0_eta), v0_phi
+    s["eta"][:, slots] = v0_eta
+    s["spread"][:, slots] = 0.06
+    s["ptscale"][:, slots] = 1500.0
+    s["origin"][:, slots] = OTHER_SECONDARY
+    s["pattern"][:, slots] = True
+    cdf = _V0_KIND_CDF[strange.astype(int)]
+    s["v0kind"][:, slots] = (rng.random((n, k, 1)) > cdf[:, None, :]).sum(axis=2)

@@ -56,8 +56,11 @@ def flows(
     normal = rng.standard_normal((2, m))
     seed = charged[first[jet] + (rng.random(m) * per_jet[jet]).astype(np.int64)]
     pt = np.minimum(NEUTRAL_MIN_PT + t["pt"][seed] * rng.standard_exponential(m), jet_pt[jet])
-    deta = cone * np.tanh((t["deta"][seed] + NEUTRAL_SPREAD * normal[0]) / cone)
-    dphi = cone * np.tanh((t["dphi"][seed] + NEUTRAL_SPREAD * normal[1]) / cone)
+    deta = t["deta"][seed] + NEUTRAL_SPREAD * normal[0]
+    dphi = t["dphi"][seed] + NEUTRAL_SPREAD * normal[1]
+    dr = np.hypot(deta, dphi) + 1e-9
+    shrink = cone * np.tanh(dr / cone) / dr  # inside the jet, as the tracks
+    deta, dphi = deta * shrink, dphi * shrink
     p = pt * np.cosh(jet_eta[jet] + deta)
     hadron = rng.random(m) < NEUTRAL_HADRON_FRACTION
     mass = np.where(hadron, NEUTRAL_HADRON_MASS[(rng.random(m) < 0.5).astype(int)], 0.0)

@@ -1,6 +1,6 @@
 """Tracks from vertices: direction, charge, impact parameters, hits, truth and lepton labels.
 
-The jet physics modules (`btag`) describe each jet as vertex *slots* ``(n, V)``: how many
+The jet physics modules (`btag`, `xbb`) describe each jet as vertex *slots* ``(n, V)``: how many
 tracks a vertex emits, where it sits, where its tracks point, their momentum scale, truth origin,
 vertex index and parent hadron. `measure` turns them into tracks, generated packed (valid tracks
 only, ``(M,)``), so every operation runs on real tracks; each track's impact parameter follows
@@ -107,7 +107,7 @@ def track_specs(slots: int, with_subjets: bool) -> list[DatasetSpec]:
 
 
 # per-slot fields the jet physics fills, (n, V) each
-SLOT_FLOATS = ("x", "y", "z", "phi", "eta", "spread", "ptscale", "kaon")
+SLOT_FLOATS = ("x", "y", "z", "phi", "eta", "spread", "ptscale", "kaon", "axis_phi", "axis_eta")
 SLOT_INTS = (
     "count", "origin", "index", "lepton", "lepton_charge", "charge", "v0kind", "barcode", "subjet",
 )  # fmt: skip
@@ -119,7 +119,8 @@ def empty_slots(n: int, V: int) -> dict[str, np.ndarray]:
 
     ``pattern`` vertices give their tracks charges that add up to ``charge`` (the lepton, if the
     vertex has one, first with ``lepton_charge``); the others' charges are random. ``barcode`` is
-    the parent hadron's (-1: none); ``kaon`` is the extra chance of a track being a kaon.
+    the parent hadron's (-1: none); ``kaon`` is the extra chance of a track being a kaon;
+    ``axis_*`` the direction of the (sub)jet whose axis signs the impact parameters.
     """
     s = {k: np.zeros((n, V)) for k in SLOT_FLOATS}
     s.update({k: np.zeros((n, V), dtype=np.int64) for k in SLOT_INTS})
@@ -186,11 +187,12 @@ def measure(
     jet_phi: np.ndarray,
     s: dict[str, np.ndarray],
     arena: Arena | None = None,
+    cone: float = 0.45,
 ) -> Tracks:
     """Tracks of the vertex slots ``s`` (``(n, V)`` each) of jets with the given axis ``(n,)``.
 
-    Computed in float32, the precision of the files: it halves the memory traffic, which is what
-    limits the speed here.
+    Tracks stay within ``cone`` of the jet axis. Computed in float32, the precision of the files:
+    it halves the memory traffic, which is what limits the speed here.
     """
     f32 = np.float32
     n, V = s["count"].shape
@@ -208,9 +210,14 @@ def measure(
     normal = rng.standard_normal((6, M), dtype=f32)
     uniform = rng.random((17, M), dtype=f32)
     spread = vtx("spread").astype(f32)
-    dphi = 0.45 * np.tanh((vtx("phi").astype(f32) + spread * normal[0]) / f32(0.45))
-    deta = 0.45 * np.tanh((vtx("eta").astype(f32) + spread * normal[1]) / f32(0.45))
-    pt = jet_pt.astype(f32)[jet]  # stay inside the jet cone, below the jet's pt
+    # tracks stay inside the jet (Delta R < cone) and below its pt
+    dphi = vtx("phi").astype(f32) + spread * normal[0]
+    deta = vtx("eta").astype(f32) + spread * normal[1]
+    dr = np.sqrt(dphi * dphi + deta * deta) + f32(1e-9)
+    shrink = f32(cone) * np.tanh(dr / f32(cone)) / dr
+    dphi *= shrink
+    deta *= shrink
+    pt = jet_pt.astype(f32)[jet]
     exp = rng.standard_exponential(M, dtype=f32)
     trk_pt = np.minimum(500.0 + vtx("ptscale").astype(f32) * exp, pt)
     charge = np.where(uniform[0] < 0.5, np.int8(-1), np.int8(1))
@@ -249,15 +256,18 @@ def measure(
     pileup_width = np.where(loose, f32(4.0), f32(1.2))
     pileup_z0 = np.clip(pileup_width * normal[4], -2.5 * pileup_width, 2.5 * pileup_width)
     z0 = np.where(pileup, pileup_z0, z0) + sigma_z0 * tail * normal[3]
-    # lifetime sign: positive when the track crosses the jet axis in front of the primary vertex
+    # lifetime sign: positive when the track crosses the (sub)jet axis in front of the primary
+    # vertex
     abs_d0, abs_z0 = np.abs(d0), np.abs(z0)
-    d0_sig = np.copysign(abs_d0 / sigma_d0, d0 * dphi)
-    z0_sig = np.copysign(abs_z0 / sigma_z0, z0 * deta)
+    rel_phi = dphi - vtx("axis_phi").astype(f32)
+    rel_eta = deta - vtx("axis_eta").astype(f32)
+    d0_sig = np.copysign(abs_d0 / sigma_d0, d0 * rel_phi)
+    z0_sig = np.copysign(abs_z0 / sigma_z0, z0 * rel_eta)
     # the same with the beam-spot width in the error and the axis of the jet's tracks, which
     # scatters a little around the calorimeter axis
     axis = rng.standard_normal((2, n), dtype=f32) * f32(0.01)
-    lt_d0_sig = np.copysign(abs_d0 / _hypot(f32(0.005), sigma_d0), d0 * (dphi - axis[0][jet]))
-    lt_z0_sig = np.copysign(abs_z0 / _hypot(f32(0.01), sigma_z0), z0 * (deta - axis[1][jet]))
+    lt_d0_sig = np.copysign(abs_d0 / _hypot(f32(0.005), sigma_d0), d0 * (rel_phi - axis[0][jet]))
+    lt_z0_sig = np.copysign(abs_z0 / _hypot(f32(0.01), sigma_z0), z0 * (rel_eta - axis[1][jet]))
     jitter = np.exp(0.1 * normal[5])
 
     # truth type: by origin; s-quark jets make more kaons; leptons and V0 daughters per vertex
