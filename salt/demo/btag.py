@@ -27,7 +27,7 @@ from salt.demo.tracks import (
     empty_slots,
     measure,
     track_specs,
-)  # fmt: skip
+)
 from salt.demo.writer import Arena, DatasetSpec, Split
 
 JET_DTYPE = np.dtype(
@@ -118,7 +118,7 @@ def generate(
         "tracks": trk.padded(n, num_tracks, spec["tracks"], False, arena),
         "tracks_ghost": trk.padded(n, num_tracks, spec["tracks_ghost"], True, arena),
     }
-    leptons.soft_muons(jets, trk, t["pt"])
+    leptons.soft_muons(jets, trk)
     data["electrons"] = leptons.electrons(rng, trk, t["pt"], arena)
     # pi0 photons come with the charged pions of fragmentation and decays (taus: tau -> pi pi0)
     neutral = 0.55 * s["count"][:, 0] + 0.3 * s["count"][:, 3:7].sum(axis=1)

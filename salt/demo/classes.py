@@ -25,7 +25,7 @@ HADRON_LABEL = np.array([5, 4, 0, 15], dtype=np.int32)  # HadronConeExcl/GhostTr
 NATURAL_SHARE = np.array([0.28, 0.14, 0.50, 0.08])
 # PartonTruthLabelID of light jets (1 u, 2 d, 3 s, 21 g) and their shares
 LIGHT_PARTONS = {1: 0.28, 2: 0.28, 3: 0.14, 21: 0.30}
-PARTON_LABEL = np.array([5, 4, 0, 15])  # for the heavy species; 0 means "drawn from LIGHT_PARTONS"
+PARTON_LABEL = np.array([5, 4, 0, 15])  # of b, c and tau jets (light jets: LIGHT_PARTONS)
 TAU_FRACTION_WEIGHT = 1 / 3  # train/val: tau classes a third of the others, as UPP's 0.3:...:0.1
 
 BTAG_DEFAULT = ("bjets", "cjets", "ujets", "taujets")
@@ -41,7 +41,9 @@ class Record:
     share: float
 
 
-def _records(species: int, partons=None, hadrons=None) -> tuple[Record, ...]:
+def _records(
+    species: int, partons: tuple[int, ...] | None = None, hadrons: tuple[int, ...] | None = None
+) -> tuple[Record, ...]:
     total = NATURAL_SHARE[species]
     if species == LIGHT:
         chosen = {p: LIGHT_PARTONS[p] for p in partons or LIGHT_PARTONS}

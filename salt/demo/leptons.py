@@ -60,7 +60,7 @@ _SHOWER = {
 }
 
 
-def soft_muons(jets: np.ndarray, trk: Tracks, jet_pt: np.ndarray) -> None:
+def soft_muons(jets: np.ndarray, trk: Tracks) -> None:
     """Fill ``softMuon_*`` of ``jets`` from each jet's hardest identified muon; NaN if none."""
     t = trk.packed
     cand = np.flatnonzero(~trk.loose & (np.abs(t["leptonID"]) == 13))

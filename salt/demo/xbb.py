@@ -28,7 +28,7 @@ from salt.demo.tracks import (
     empty_slots,
     measure,
     track_specs,
-)  # fmt: skip
+)
 from salt.demo.writer import Arena, DatasetSpec, Split
 
 NUM_SLOTS = 100  # track and flow slots (GN2X reads 100 of each)
