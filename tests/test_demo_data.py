@@ -251,6 +251,26 @@ def test_padding(train, test_split, split):
             assert np.all(pad == 0), name
 
 
+def test_padding_in_every_block(tmp_path, monkeypatch):
+    # blocks reuse their buffers; each must come out padded as if new
+    monkeypatch.setattr(writer, "GEN_BLOCK", 200)
+    paths = demo.write_demo_dataset(tmp_path, num_jets=1100, seed=4)
+    data = _all(paths["train"])
+    np.testing.assert_array_equal(data["jets"]["n_tracks"], data["tracks"]["valid"].sum(axis=1))
+    for name, slots in CONSTITUENT_SLOTS.items():
+        arr = data[name]
+        valid = arr["valid"]
+        assert arr.shape == (1100, slots)
+        counts = valid.sum(axis=1)
+        np.testing.assert_array_equal(valid, np.arange(slots) < counts[:, None])  # a prefix
+        for field in arr.dtype.names:
+            kind, pad = arr.dtype[field].kind, arr[field][~valid]
+            if kind == "f":
+                assert np.all(np.isnan(pad)), (name, field)
+            elif kind != "b":
+                assert np.all(pad == (-1 if kind == "i" else 0)), (name, field)
+
+
 def test_multiplicity(train):
     jets, _ = train
     n = jets["n_tracks"]

@@ -68,11 +68,15 @@ class Arena:
     """Arrays reused from one block to the next, keyed by name.
 
     A fresh array of tens of MB costs a page fault per 4 kB on first touch, more than filling it;
-    the writer keeps two arenas and alternates, as one block is written while the next is made.
+    and a padded constituent array reused needs only the entries the last block filled reset to
+    padding, a third of it. The writer keeps two arenas and alternates, as one block is written
+    while the next is made.
     """
 
     def __init__(self) -> None:
         self._buffers: dict[str, np.ndarray] = {}
+        self._padded: dict[str, np.ndarray] = {}
+        self._filled: dict[str, np.ndarray] = {}
 
     def empty(self, key: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         """An uninitialised array of ``shape`` and ``dtype``, valid until ``key`` is asked again."""
@@ -81,6 +85,29 @@ class Arena:
         if buf is None or len(buf) < nbytes:
             buf = self._buffers[key] = np.empty(int(nbytes * 1.25) + 64, dtype=np.uint8)
         return buf[:nbytes].view(dtype).reshape(shape)
+
+    def padded(self, spec: DatasetSpec, n: int) -> np.ndarray:
+        """All-padding ``(n, slots)`` array of ``spec``; `filled` says which entries to reset."""
+        out = self._padded.get(spec.name)
+        if out is None or out.shape != (n, spec.slots):
+            out = self._padded[spec.name] = _padding_array(spec, n)
+        elif (dirty := self._filled.get(spec.name)) is not None:
+            raw = np.dtype((np.void, spec.dtype.itemsize))
+            out.reshape(-1).view(raw)[dirty] = spec.padding().view(raw)[0]
+        self._filled.pop(spec.name, None)
+        return out
+
+    def filled(self, spec: DatasetSpec, flat_index: np.ndarray) -> None:
+        """Record the entries (flat indices) a caller wrote into `padded`'s array."""
+        self._filled[spec.name] = flat_index
+
+
+def _padding_array(spec: DatasetSpec, n: int) -> np.ndarray:
+    out = np.empty((n, spec.slots), dtype=spec.dtype)
+    # Records are copied as raw bytes: numpy copies structured items field by field, which is
+    # several times slower than moving the same bytes as one opaque item.
+    out.view(np.uint8).reshape(n, -1)[...] = spec.padding().view(np.uint8)
+    return out
 
 
 # generate(rng, n, split, first_jet, arena) -> ({dataset: array}, component id per jet)
@@ -110,15 +137,12 @@ def pad(
     position = np.arange(len(jet)) - (np.cumsum(counts) - counts)[jet]
     keep = position < slots
     take[take] = keep
-    shape = (n, slots)
-    out = (
-        np.empty(shape, spec.dtype) if arena is None else arena.empty(spec.name, shape, spec.dtype)
-    )
-    # Records are copied as raw bytes: numpy copies structured items field by field, which is
-    # several times slower than moving the same bytes as one opaque item.
-    out.view(np.uint8).reshape(n, -1)[...] = spec.padding().view(np.uint8)
-    raw = np.dtype((np.void, spec.dtype.itemsize))
-    out.reshape(-1).view(raw)[jet[keep] * slots + position[keep]] = packed.view(raw)[take]
+    dest = jet[keep] * slots + position[keep]
+    out = _padding_array(spec, n) if arena is None else arena.padded(spec, n)
+    raw = np.dtype((np.void, spec.dtype.itemsize))  # raw bytes again: see _padding_array
+    out.reshape(-1).view(raw)[dest] = packed.view(raw)[take]
+    if arena is not None:
+        arena.filled(spec, dest)
     return out
 
 
@@ -153,19 +177,23 @@ class Statistics:
 
     def add(self, data: dict[str, np.ndarray]) -> None:
         for spec in self.specs:
-            arr = data[spec.name]
-            if spec.slots is not None:
-                arr = arr[arr["valid"]]  # constituents count valid entries only
+            arr = data[spec.name].reshape(-1)
+            if spec.slots is not None:  # constituents count valid entries only
+                raw = np.dtype((np.void, spec.dtype.itemsize))
+                arr = arr.view(raw)[arr["valid"]].view(spec.dtype)
             for var in spec.inputs:
                 x = arr[var].astype(np.float64)
-                x = x[np.isfinite(x)]  # NaN-safe: absent values (e.g. no soft muon) don't count
+                finite = np.isfinite(x)
+                if not finite.all():  # NaN-safe: absent values (e.g. no soft muon) don't count
+                    x = x[finite]
                 n, mean = len(x), float(x.mean()) if len(x) else 0.0
-                m2 = float(np.square(x - mean).sum())
+                x -= mean
+                m2 = float(np.dot(x, x))
                 self.moments[spec.name, var] = _combine(
                     self.moments.get((spec.name, var)), n, mean, m2
                 )
             for label in spec.labels:
-                values, counts = np.unique(arr[label], return_counts=True)
+                values, counts = _value_counts(arr[label])
                 acc = self.counts.setdefault((spec.name, label), {})
                 for v, c in zip(values.tolist(), counts.tolist()):
                     acc[v] = acc.get(v, 0) + c
@@ -204,6 +232,16 @@ class Statistics:
                 inv = c.sum() / c
                 out[spec.name][label] = [round(float(w), 2) for w in inv / inv.min()]
         return out
+
+
+def _value_counts(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The values present in an integer array and how often each occurs."""
+    if len(x) == 0:
+        return x[:0], x[:0]
+    low = int(x.min())
+    counts = np.bincount(x.astype(np.int64) - low)  # labels span a small range: no sort needed
+    values = np.flatnonzero(counts)
+    return values + low, counts[values]
 
 
 def _combine(
