@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from salt.data.demo import write_demo_dataset
+from salt.demo import write_demo_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "salt" / "configs"

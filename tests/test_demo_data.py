@@ -1,4 +1,4 @@
-"""Tests of the UPP-format demo dataset generator (salt.data.demo)."""
+"""Tests of the UPP-format demo dataset generator (salt.demo): layout, labels, options."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import pytest
 import yaml
 from ftag.hdf5 import H5Reader
 
-from salt.data import demo
+import salt.demo as demo
+from salt.demo import writer
 
 NUM_JETS = 5000
 REAL_UPP_DIR = Path("/tmp/upp20k/output")  # made by shared/upp/make_upp_dataset.sh, if present
@@ -28,7 +29,17 @@ EXPECTED_JETS = [
     ("MockTagger_pu", "<f4"), ("MockTagger_pc", "<f4"), ("MockTagger_pb", "<f4"),
     ("MockTagger_ptau", "<f4"), ("absEta_btagJes", "<f4"), ("eventNumber", "<i8"),
     ("jetFoldHash", "<i4"), ("HadronConeExclExtendedTruthLabelID", "<i4"),
-    ("HadronConeExclTruthLabelLxy", "<f4"), ("flavour_label", "<i4"),
+    ("HadronConeExclTruthLabelLxy", "<f4"), ("HadronGhostTruthLabelID", "<i4"),
+    ("PartonTruthLabelID", "<i4"), ("HadronConeExclTruthLabelPdgId", "<i4"),
+    ("HadronGhostInitialTruthLabelPdgId", "<i4"), ("ptFromTruthDressedWZJet", "<f4"),
+    ("mcEventWeight", "<f4"), ("softMuon_pt", "<f4"), ("softMuon_dR", "<f4"),
+    ("softMuon_eta", "<f4"), ("softMuon_phi", "<f4"), ("softMuon_qOverPratio", "<f4"),
+    ("softMuon_momentumBalanceSignificance", "<f4"),
+    ("softMuon_scatteringNeighbourSignificance", "<f4"), ("softMuon_pTrel", "<f4"),
+    ("softMuon_ip3dD0", "<f4"), ("softMuon_ip3dZ0", "<f4"),
+    ("softMuon_ip3dD0Significance", "<f4"), ("softMuon_ip3dZ0Significance", "<f4"),
+    ("softMuon_ip3dD0Uncertainty", "<f4"), ("softMuon_ip3dZ0Uncertainty", "<f4"),
+    ("flavour_label", "<i4"),
 ]  # fmt: skip
 EXPECTED_TRACKS = [
     ("d0", "<f4"), ("z0SinTheta", "<f4"), ("dphi", "<f4"), ("deta", "<f4"), ("qOverP", "<f4"),
@@ -40,8 +51,21 @@ EXPECTED_TRACKS = [
     ("numberOfInnermostPixelLayerSplitHits", "|u1"), ("numberOfPixelSharedHits", "|u1"),
     ("numberOfPixelSplitHits", "|u1"), ("numberOfSCTSharedHits", "|u1"), ("leptonID", "|i1"),
     ("valid", "|b1"), ("ftagTruthOriginLabel", "<i4"), ("ftagTruthTypeLabel", "<i4"),
-    ("ftagTruthVertexIndex", "<i4"),
+    ("ftagTruthVertexIndex", "<i4"), ("numberOfPixelHoles", "|u1"), ("numberOfSCTHoles", "|u1"),
+    ("lifetimeSignedD0Significance", "<f4"), ("lifetimeSignedZ0SinThetaSignificance", "<f4"),
+    ("pt", "<f4"), ("eta", "<f4"), ("phi", "<f4"), ("subjetIndex", "<i4"),
+    ("muon_quality", "|i1"), ("muon_qOverPratio", "<f4"),
+    ("muon_momentumBalanceSignificance", "<f4"),
+    ("muon_scatteringNeighbourSignificance", "<f4"), ("ftagTruthParentBarcode", "<i4"),
 ]  # fmt: skip
+DATASETS = ["electrons", "flows", "jets", "tracks", "tracks_ghost", "truth_hadrons"]
+CONSTITUENT_SLOTS = {
+    "tracks": 40,
+    "tracks_ghost": 40,
+    "flows": 40,
+    "electrons": 10,
+    "truth_hadrons": 5,
+}
 ROOT_ATTRS = {
     "config", "jets_counts", "unique_jets", "dsids", "resampling_method", "upp_hash",
     "writer_version",
@@ -82,10 +106,11 @@ def test_files_and_sizes(paths):
     assert len({p.parent for p in paths.values()}) == 1
     for split, n in (("train", NUM_JETS), ("val", NUM_JETS // 10), ("test", NUM_JETS // 10)):
         with h5py.File(paths[split], "r") as f:
-            assert sorted(f) == ["jets", "tracks"]  # datasets at the root, no groups
+            assert sorted(f) == DATASETS  # datasets at the root, no groups
             assert all(isinstance(f[k], h5py.Dataset) for k in f)
             assert f["jets"].shape == (n,)
-            assert f["tracks"].shape == (n, 40)
+            for name, slots in CONSTITUENT_SLOTS.items():
+                assert f[name].shape == (n, slots)
 
 
 @pytest.mark.parametrize("split", ["train", "val", "test"])
@@ -93,14 +118,17 @@ def test_schema(paths, split):
     with h5py.File(paths[split], "r") as f:
         assert f["jets"].dtype.descr == EXPECTED_JETS
         assert f["tracks"].dtype.descr == EXPECTED_TRACKS
+        assert f["tracks_ghost"].dtype == f["tracks"].dtype
 
 
 @pytest.mark.parametrize("split", ["train", "val", "test"])
 def test_lz4_and_chunks(paths, split):
     with h5py.File(paths[split], "r") as f:
-        for name in ("jets", "tracks"):
+        for name in DATASETS:
             assert "32004" in f[name]._filters, f[name]._filters
-        assert f["tracks"].chunks == (100, 40)
+            assert f[name].maxshape == f[name].shape
+        for name, slots in CONSTITUENT_SLOTS.items():
+            assert f[name].chunks == (100, slots)
         assert f["jets"].chunks is not None
         assert f["jets"].maxshape == f["jets"].shape  # fixed size, as ftag's H5Writer writes
 
@@ -145,7 +173,9 @@ def test_compare_with_real_upp_file(paths):
         pytest.skip(f"no real UPP output at {real}")
     with h5py.File(real, "r") as r, h5py.File(paths["train"], "r") as f:
         for name in ("jets", "tracks"):
-            assert f[name].dtype == r[name].dtype
+            # our files hold more variables; the ones UPP writes have its dtypes
+            for field in r[name].dtype.names:
+                assert f[name].dtype[field] == r[name].dtype[field], field
             assert f[name]._filters == r[name]._filters
         assert f["tracks"].chunks == r["tracks"].chunks
         assert set(f.attrs) == set(r.attrs)
@@ -153,7 +183,7 @@ def test_compare_with_real_upp_file(paths):
     for name in ("norm_dict", "class_dict"):
         real_dict = yaml.safe_load((REAL_UPP_DIR / f"{name}.yaml").read_text())
         ours = yaml.safe_load(paths[name].read_text())
-        assert list(ours["tracks"]) == list(real_dict["tracks"])
+        assert set(real_dict["tracks"]) <= set(ours["tracks"])
         assert set(real_dict["jets"]) <= set(ours["jets"])
 
 
@@ -219,6 +249,26 @@ def test_padding(train, test_split, split):
             assert np.all(pad == -1), name
         else:
             assert np.all(pad == 0), name
+
+
+def test_padding_in_every_block(tmp_path, monkeypatch):
+    # blocks reuse their buffers; each must come out padded as if new
+    monkeypatch.setattr(writer, "GEN_BLOCK", 200)
+    paths = demo.write_demo_dataset(tmp_path, num_jets=1100, seed=4)
+    data = _all(paths["train"])
+    np.testing.assert_array_equal(data["jets"]["n_tracks"], data["tracks"]["valid"].sum(axis=1))
+    for name, slots in CONSTITUENT_SLOTS.items():
+        arr = data[name]
+        valid = arr["valid"]
+        assert arr.shape == (1100, slots)
+        counts = valid.sum(axis=1)
+        np.testing.assert_array_equal(valid, np.arange(slots) < counts[:, None])  # a prefix
+        for field in arr.dtype.names:
+            kind, pad = arr.dtype[field].kind, arr[field][~valid]
+            if kind == "f":
+                assert np.all(np.isnan(pad)), (name, field)
+            elif kind != "b":
+                assert np.all(pad == (-1 if kind == "i" else 0)), (name, field)
 
 
 def test_multiplicity(train):
@@ -321,21 +371,41 @@ def test_hits_and_leptons(train):
     assert (lepton[hf] != 0).mean() > 3 * (lepton[origin[valid] == PRIMARY] != 0).mean()
 
 
-def test_norm_dict(paths, train):
-    jets, tracks = train
+def _all(path: Path) -> dict[str, np.ndarray]:
+    with h5py.File(path, "r") as f:
+        return {k: f[k][:] for k in f}
+
+
+def _entries(data: dict[str, np.ndarray], dataset: str, var: str) -> np.ndarray:
+    """A variable's values over the jets, or over the valid entries of a constituent dataset."""
+    arr = data[dataset]
+    return arr[var] if dataset == "jets" else arr[var][arr["valid"]]
+
+
+NORM_DATASETS = ["jets", "tracks", "tracks_ghost", "flows", "electrons"]
+# every track field but the labels, the barcode and subjetIndex (-1 in small-R jets)
+TRACK_INPUTS = [n for n, t in EXPECTED_TRACKS if n != "valid" and t != "<i4"]
+
+
+def test_norm_dict(paths):
+    data = _all(paths["train"])
     text = paths["norm_dict"].read_text()
     assert text.startswith("jets:\n  pt_btagJes:\n    mean: ")  # yaml.dump block layout
     norm = yaml.safe_load(text)  # plain floats only: safe_load refuses numpy tags
-    assert list(norm) == ["jets", "tracks"]
-    assert list(norm["jets"]) == [
+    assert list(norm) == NORM_DATASETS
+    assert list(norm["jets"])[:6] == [
         "pt_btagJes", "eta_btagJes", "MockTagger_pb", "MockTagger_pc", "MockTagger_pu",
         "MockTagger_ptau",
     ]  # fmt: skip
-    assert list(norm["tracks"]) == [n for n, _ in EXPECTED_TRACKS[:19]] + ["leptonID"]
-    valid = tracks["valid"]
+    assert {"pt", "eta", "mass", "softMuon_pt", "softMuon_ip3dZ0Uncertainty"} <= set(norm["jets"])
+    assert list(norm["tracks"])[:20] == [n for n, _ in EXPECTED_TRACKS[:19]] + ["leptonID"]
+    assert set(norm["tracks"]) == set(TRACK_INPUTS)
+    assert norm["tracks_ghost"].keys() == norm["tracks"].keys()
+    assert list(norm["flows"]) == ["pt", "energy", "deta", "dphi", "isCharged"]
+    assert len(norm["electrons"]) == 29
     for dataset, var, stats in [(d, v, s) for d in norm for v, s in norm[d].items()]:
-        x = jets[var] if dataset == "jets" else tracks[var][valid]
-        x = x.astype(np.float64)
+        x = _entries(data, dataset, var).astype(np.float64)
+        x = x[np.isfinite(x)]  # NaN-safe: a jet without a soft muon has NaN softMuon_*
         assert list(stats) == ["mean", "std"]
         assert np.isfinite(stats["std"])
         assert stats["std"] > 0
@@ -343,21 +413,24 @@ def test_norm_dict(paths, train):
         np.testing.assert_allclose(stats["std"], x.std(ddof=0), rtol=1e-9)
 
 
-def test_class_dict(paths, train):
-    jets, tracks = train
+def test_class_dict(paths):
+    data = _all(paths["train"])
     weights = yaml.safe_load(paths["class_dict"].read_text())
+    assert list(weights) == ["jets", "tracks", "tracks_ghost", "electrons", "truth_hadrons"]
     assert list(weights["jets"]) == [
         "flavour_label", "HadronConeExclTruthLabelID", "HadronConeExclExtendedTruthLabelID",
-        "n_tracks", "n_truth_promptLepton",
+        "n_tracks", "n_truth_promptLepton", "HadronGhostTruthLabelID", "PartonTruthLabelID",
+        "HadronConeExclTruthLabelPdgId", "HadronGhostInitialTruthLabelPdgId",
     ]  # fmt: skip
     assert list(weights["tracks"]) == ["ftagTruthOriginLabel", "ftagTruthTypeLabel"]
-    valid = tracks["valid"]
+    assert list(weights["electrons"]) == ["ftagTruthOriginLabel"]
+    assert list(weights["truth_hadrons"]) == ["flavour"]
     for dataset, label, got in [(d, k, w) for d in weights for k, w in weights[d].items()]:
-        x = jets[label] if dataset == "jets" else tracks[label][valid]
-        _, counts = np.unique(x, return_counts=True)
-        inv = len(x) / counts
+        _, counts = np.unique(_entries(data, dataset, label), return_counts=True)
+        inv = counts.sum() / counts
         assert got == [round(float(w), 2) for w in inv / inv.min()], label
     assert len(weights["tracks"]["ftagTruthOriginLabel"]) == 8
+    assert len(weights["tracks_ghost"]["ftagTruthTypeLabel"]) == 10  # 0, 1, +-2, +-3, +-5, +-6
     np.testing.assert_allclose(weights["jets"]["flavour_label"], [1, 1, 1, 3], rtol=0.2)
 
 
@@ -374,12 +447,12 @@ def test_determinism(tmp_path, paths):
 
 def test_output_independent_of_length(tmp_path, monkeypatch):
     # blocks are seeded by their index, so a longer file starts with the shorter one
-    monkeypatch.setattr(demo, "GEN_BLOCK", 500)
+    monkeypatch.setattr(writer, "GEN_BLOCK", 500)
     short = demo.write_demo_dataset(tmp_path / "short", num_jets=1000, seed=3)
     long = demo.write_demo_dataset(tmp_path / "long", num_jets=1500, seed=3)
     short_jets, short_tracks = _read(short["train"])
     long_jets, long_tracks = _read(long["train"])
-    np.testing.assert_array_equal(short_jets, long_jets[:1000])
+    assert short_jets.tobytes() == long_jets[:1000].tobytes()  # NaN (no soft muon) included
     np.testing.assert_array_equal(short_tracks["d0"], long_tracks["d0"][:1000])
 
 

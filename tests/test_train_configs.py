@@ -11,7 +11,7 @@ import hdf5plugin  # noqa: F401  (LZ4)
 import numpy as np
 import pytest
 
-from salt.data.demo import write_demo_dataset
+from salt.demo import write_demo_dataset
 from tests.conftest import SHIPPED_CONFIGS, data_args, run_salt
 
 
