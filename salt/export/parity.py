@@ -74,10 +74,23 @@ class ParitySet:
         return feed
 
 
+# data options of the training config that change the inputs as read (labels play no part here)
+READING_OPTIONS = ("non_finite_to_num", "selections", "parameters")
+
+
 def parity_set(
-    path: Path, model: SaltModel, n_jets: int = 1000, zero_constituents: bool = True
+    path: Path,
+    model: SaltModel,
+    n_jets: int = 1000,
+    zero_constituents: bool = True,
+    data_config: dict | None = None,
 ) -> ParitySet:
-    """Read jets from `path`; the first ones get every constituent count (see the module doc)."""
+    """Read jets from `path`; the first ones get every constituent count (see the module doc).
+
+    `data_config` is the run's `data` section: inputs are read with its options (NaN as 0,
+    selections, parameter values) as the model saw them in training.
+    """
+    options = {k: (data_config or {}).get(k) for k in READING_OPTIONS}
     dataset = JetDataset(
         path,
         variables=model.variables,
@@ -86,6 +99,9 @@ def parity_set(
         input_map=model.input_map,
         global_object=model.global_object,
         split="val",
+        non_finite_to_num=bool(options["non_finite_to_num"]),
+        selections=options["selections"],
+        parameters=options["parameters"],
     )
     try:
         batch = dataset[0]

@@ -242,10 +242,13 @@ def _check(run, export_model, session, val_file: Path, n_jets: int):
     """
     from salt.export import parity
 
-    pset = parity.parity_set(val_file, run.model, n_jets, zero_constituents=True)
+    data = run.config.get("data") or {}
+    pset = parity.parity_set(val_file, run.model, n_jets, zero_constituents=True, data_config=data)
     zero = not pset.counts or parity.accepts_zero_constituents(session, export_model, pset)
     if not zero:
-        pset = parity.parity_set(val_file, run.model, n_jets, zero_constituents=False)
+        pset = parity.parity_set(
+            val_file, run.model, n_jets, zero_constituents=False, data_config=data
+        )
     ref = parity.reference(run.model, pset, export_model.plan)
     onnx_values = parity.run_onnx(session, export_model, pset)
     return parity.compare(onnx_values, ref, pset, export_model.plan), zero
@@ -288,7 +291,8 @@ def export(run, ns: argparse.Namespace) -> int:
         )
     export_model = ExportModel(run.model, plan)
     # traced on a real jet of 7 tracks: an axis of size 0 or 1 could be taken for a constant
-    example = parity_set(val_file, run.model, 8).jet_inputs(export_model, 7)
+    data = run.config.get("data") or {}
+    example = parity_set(val_file, run.model, 8, data_config=data).jet_inputs(export_model, 7)
     model_bytes = export_bytes(export_model, example)
     t_export = time.perf_counter()
 

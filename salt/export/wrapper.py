@@ -59,12 +59,29 @@ def dense_vertex_index(pair_logits: Tensor) -> Tensor:
     return padded.argmax(-1)
 
 
+class PlainRMSNorm(nn.Module):
+    """`torch.nn.RMSNorm` written with elementary operators: the exporter has no rms_norm."""
+
+    def __init__(self, norm: nn.RMSNorm):
+        super().__init__()
+        self.eps = norm.eps
+        self.weight = norm.weight
+
+    def forward(self, x: Tensor) -> Tensor:
+        eps = torch.finfo(x.dtype).eps if self.eps is None else self.eps
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * self.weight
+
+
 def export_copy(model: SaltModel) -> SaltModel:
-    """A copy of `model` in eval mode with the export-safe ``math`` attention everywhere."""
+    """A copy of `model` in eval mode with export-safe operators: ``math`` attention everywhere,
+    RMS norms written out."""
     model = copy.deepcopy(model).eval()
     for module in model.modules():
         if isinstance(module, MultiheadAttention):
             module.backend = "math"
+        for name, child in module.named_children():
+            if isinstance(child, nn.RMSNorm):
+                setattr(module, name, PlainRMSNorm(child))
     return model
 
 
