@@ -4,15 +4,17 @@
     python benchmarks/dataloader.py --file F --config configs/GN2.yaml --batch-size 1000 \\
         --num-workers 0 --num-workers 2 --batches 300
     python benchmarks/dataloader.py --file F -- --data.selections '{tracks: [d0 < 3.5]}'
+    python benchmarks/dataloader.py --file F --num-workers 0 --num-workers 8 \
+        --num-workers 15 --num-workers auto --device cuda --json loader.json
 
 Arguments after `--` go to salt as they are (any `--data.*` option: selections, transforms,
 non_finite_to_num, ...), so the cost of an option is the difference of two runs.
 
-For every worker count (default 0, 1 and 2) a fresh process builds the training dataloader as
-`salt fit` does (`salt.main.build`: the config's variables, the labels its tasks need, then
-`SaltDataModule.setup("fit")` and `train_dataloader()`, so the BatchOrderSampler's weakly
-shuffled order), iterates `--batches` batches after a warm-up, and in the same process times on
-the very same batch slices:
+For every worker count (default 0, 1 and 2; `auto` is salt's own choice for the machine) a
+fresh process builds the training dataloader as `salt fit` does (`salt.main.build`: the
+config's variables, the labels its tasks need, then `SaltDataModule.setup("fit")` and
+`train_dataloader()`, so the BatchOrderSampler's weakly shuffled order), iterates `--batches`
+batches after a warm-up, and in the same process times on the very same batch slices:
 
 * reference: a plain loader that reads each slice with h5py (`ds[start:stop]`) and converts it
   with `numpy.lib.recfunctions.structured_to_unstructured`, padded tracks zeroed, as a
@@ -20,11 +22,16 @@ the very same batch slices:
 * bare: `read_direct` of each slice of every dataset the loader reads into a preallocated
   buffer of the file's full record type: the floor, no conversion at all.
 
+With `--device cuda` (the default where CUDA is available: what a GPU training gets) the batches
+are delivered as a GPU run delivers them: with their host sizes, pinned, and copied to the GPU
+one batch ahead (`salt.data.prefetch`); the timed window ends when the last copy has landed.
+`--device cpu` times the host side alone.
+
 `peak_rss_mb` is the training process's peak resident memory (`resource.getrusage`) plus the
 peaks of its workers (read from /proc); a forked worker shares most of its pages with the
 parent, so the sum overstates what the processes use together. The norm and class dicts are
 taken from beside the file (UPP writes them to its output folder) unless given. The table comes
-first, then one JSON line per worker count, last.
+first, then one JSON line per worker count, last; `--json PATH` also writes them as one list.
 """
 
 from __future__ import annotations
@@ -60,10 +67,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=1000, help="jets per batch (%(default)s)")
     parser.add_argument(
         "--num-workers",
-        type=int,
+        type=_workers,
         action="append",
-        help="dataloader workers; repeat for several settings (default: 0, 1 and 2)",
+        help="dataloader workers, or auto; repeat for several settings (default: 0, 1 and 2)",
     )
+    parser.add_argument(
+        "--device",
+        choices=["auto", "cuda", "cpu"],
+        default="auto",
+        help="deliver the batches to the GPU (cuda) or leave them on the host (cpu); auto: "
+        "cuda where available (%(default)s)",
+    )
+    parser.add_argument("--json", type=Path, help="also write the results, a JSON list, here")
     parser.add_argument(
         "--batches", type=int, default=300, help="batches timed per loader (%(default)s)"
     )
@@ -80,6 +95,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv[:split])
     args.salt_args = argv[split + 1 :]
     args.num_workers = args.num_workers or [0, 1, 2]
+    if args.device == "auto":
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     for attr, name in (("norm_dict", "norm_dict.yaml"), ("class_dict", "class_dict.yaml")):
         if getattr(args, attr) is None:
             found = _find_beside(args.file, name)
@@ -89,8 +108,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _workers(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number of workers or auto, not {value!r}") from None
+
+
 # --------------------------------------------------------------------------------- one setting
-def build_loader(args: argparse.Namespace, workers: int):
+def build_loader(args: argparse.Namespace, workers: int | str):
     """salt's training dataloader for `args.file`, built as `salt fit` builds it."""
     from salt.main import build
 
@@ -109,22 +137,30 @@ def build_loader(args: argparse.Namespace, workers: int):
         ]
     )  # fmt: skip
     datamodule = cli.datamodule
+    datamodule.target_device = args.device if args.device == "cuda" else None
     datamodule.setup("fit")
     return datamodule, datamodule.train_dataloader()
 
 
 def time_loader(loader, n_batches: int) -> tuple[float, list[int]]:
     """Jets/s over `n_batches` after `WARMUP` batches, and the batch indices timed."""
+    import torch
+
     order = loader.sampler.order()[WARMUP : WARMUP + n_batches].tolist()
     jets = sum(stop - start for start, stop in map(loader.dataset.rows, order))
+    on_gpu = loader.device is not None and loader.device.type == "cuda"
     iterator = iter(loader)
     for _ in range(WARMUP):
         next(iterator)
+    if on_gpu:
+        torch.cuda.synchronize(loader.device)
     start = time.perf_counter()
     for _ in range(n_batches):
-        next(iterator)
+        batch = next(iterator)
+    if on_gpu:
+        torch.cuda.synchronize(loader.device)  # the last copies have landed
     elapsed = time.perf_counter() - start
-    del iterator
+    del iterator, batch
     return jets / elapsed, order
 
 
@@ -221,14 +257,22 @@ def peak_rss_mb() -> tuple[float, float]:
 def run_one(args: argparse.Namespace) -> dict:
     import gc
 
-    workers = args.num_workers[0]
-    datamodule, loader = build_loader(args, workers)
+    from salt.data.workers import usable_cpus
+
+    requested = args.num_workers[0]
+    datamodule, loader = build_loader(args, requested)
+    workers = datamodule.workers
     dataset = datamodule.datasets["train"]
     n_batches = min(args.batches, len(loader) - WARMUP)
     if n_batches < 1:
         raise SystemExit(f"{args.file} has too few batches of {args.batch_size} jets to time")
     rate, order = time_loader(loader, n_batches)
     own, workers_rss = peak_rss_mb()  # while the (persistent) workers still run
+    delivery = {
+        "device": str(loader.device or "host"),
+        "pinned": loader.pin_batches,
+        "host_sizes": loader.constituents is not None,
+    }
     del loader
     gc.collect()
     reference = time_reference(dataset, order)
@@ -239,7 +283,10 @@ def run_one(args: argparse.Namespace) -> dict:
         "batch_size": args.batch_size,
         "batches": n_batches,
         "num_workers": workers,
+        "num_workers_requested": requested,
         "read_ahead": datamodule.read_ahead if workers == 0 else 0,
+        **delivery,
+        "usable_cpus": usable_cpus(),
         "variables": {k: len(v) for k, v in dataset.variables.items()},
         "labels": dataset.labels,
         "salt_args": args.salt_args,
@@ -278,6 +325,7 @@ def print_table(results: list[dict]) -> None:
         f"{first['batches']} batches timed, inputs {first['variables']}, labels {first['labels']}"
     )
     print(f"valid constituents per jet {first['valid_per_jet']}, salt args {first['salt_args']}")
+    print(f"delivered to {first['device']}, {first['usable_cpus']} usable CPUs")
     header = (
         f"{'workers':>7} {'salt jets/s':>12} {'reference':>10} {'bare read':>10} "
         f"{'of bare':>8} {'x ref':>6} {'peak RSS MB':>12} {'load':>5}"
@@ -285,8 +333,11 @@ def print_table(results: list[dict]) -> None:
     print(header)
     print("-" * len(header))
     for r in results:
+        workers = r["num_workers"]
+        if r["num_workers_requested"] == "auto":
+            workers = f"auto={workers}"
         print(
-            f"{r['num_workers']:>7} {r['jets_per_s']:>12,} {r['reference_jets_per_s']:>10,} "
+            f"{workers:>7} {r['jets_per_s']:>12,} {r['reference_jets_per_s']:>10,} "
             f"{r['bare_read_jets_per_s']:>10,} {r['fraction_of_bare']:>8.0%} "
             f"{r['speedup_vs_reference']:>6.2f} {r['peak_rss_mb']:>12,} {r['load_avg_1min']:>5}"
         )
@@ -304,7 +355,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.executable, __file__, "--one", "--file", str(args.file), "--config", args.config,
             "--batch-size", str(args.batch_size), "--num-workers", str(workers),
             "--batches", str(args.batches), "--norm-dict", str(args.norm_dict),
-            "--class-dict", str(args.class_dict),
+            "--class-dict", str(args.class_dict), "--device", args.device,
             *(["--read-ahead", str(args.read_ahead)] if args.read_ahead is not None else []),
             "--", *args.salt_args,
         ]  # fmt: skip
@@ -317,6 +368,8 @@ def main(argv: list[str] | None = None) -> None:
     print_table(results)
     for result in results:
         print(json.dumps(result))
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -150,8 +150,10 @@ def test_worker_advice():
     too_many = datamodule.worker_advice(4, 2, on_gpu=False)
     assert "data.num_workers = 4 but this process may use 2 CPUs" in too_many
     idle = datamodule.worker_advice(0, 8, on_gpu=True)
-    assert "num_workers = 0 on a GPU run with 8 CPUs" in idle and "--data.num_workers 7" in idle
+    assert "num_workers = 0 on a GPU run with 8 CPUs" in idle
+    assert "--data.num_workers auto (here: 7)" in idle
     assert datamodule.worker_advice(0, 1, on_gpu=True) is None
+    assert datamodule.worker_advice(0, 3, on_gpu=True) is None  # too few CPUs for workers
     assert datamodule.worker_advice(0, 8, on_gpu=False) is None
     assert datamodule.worker_advice(2, 2, on_gpu=True) is None
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
-import signal
-import threading
 import uuid
 import warnings
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import torch
@@ -18,6 +16,7 @@ from salt.data.dataset import JetDataset
 from salt.data.h5files import FileSpec, check_readable, combine_files, open_h5, resolve_files
 from salt.data.labeller import LabellerConfig
 from salt.data.loader import SaltDataLoader, read_ahead
+from salt.data.objects import OBJECTS
 from salt.data.options import EXTRA_INPUTS, ReadOptions
 from salt.data.parameters import ParameterSpec
 from salt.data.sampler import BatchOrderSampler
@@ -29,58 +28,12 @@ from salt.data.tempcopy import (
     remove_now,
 )
 from salt.data.transforms import Transform
+from salt.data.workers import auto_workers, die_with_parent, usable_cpus, worker_advice
 from salt.errors import SaltError
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-
-
-def _die_with_parent(_worker_id: int) -> None:
-    """Worker init: have the kernel kill this worker when the main process dies, even by SIGKILL."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:  # not Linux: torch's own watchdog still ends orphaned workers
-        pass
-    # A SIGTERM or Ctrl-C sent to every process (a terminal, scancel, `kill` of the group) must
-    # not kill the workers: torch would abort the batch in flight and salt could save no
-    # checkpoint; the main process stops them once it has saved (salt.callbacks.interrupt). A
-    # SIGTERM from the main process itself (torch's or multiprocessing's shutdown) still ends the
-    # worker at once, as torch's own handler would.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    parent = os.getppid()
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-
-    def end_when_the_parent_says_so() -> None:
-        while True:
-            if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
-                os._exit(0)
-
-    threading.Thread(target=end_when_the_parent_says_so, daemon=True).start()
-
-
-def worker_advice(num_workers: int, cpus: int, on_gpu: bool) -> str | None:
-    """A warning about `data.num_workers` for a run with `cpus` usable CPUs, or None."""
-    if num_workers > cpus:
-        return (
-            f"data.num_workers = {num_workers} but this process may use {cpus} CPUs: the "
-            f"workers will compete for them. Use --data.num_workers {cpus} or fewer."
-        )
-    if num_workers == 0 and on_gpu and cpus > 1:
-        return (
-            f"data.num_workers = 0 on a GPU run with {cpus} CPUs: the GPU may wait for data. "
-            f"Try --data.num_workers {min(cpus - 1, 15)}."
-        )
-    return None
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask, which batch systems restrict)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 class SaltDataModule(L.LightningDataModule):
@@ -112,7 +65,9 @@ class SaltDataModule(L.LightningDataModule):
     test_batch_size
         Jets per batch for `salt test` (default: batch_size).
     num_workers
-        Dataloader worker processes (0: read in the training process, see `read_ahead`).
+        Dataloader worker processes (0: read in the training process, see `read_ahead`), or
+        ``auto``: chosen from the CPUs this process may use (`auto_workers`: 0 on a CPU run,
+        up to 15 on a GPU run), and logged.
     num_train, num_val, num_test
         Jets to use from each split (-1: all). More than the file holds: all of them, with a
         warning that says so. 0 is refused.
@@ -150,6 +105,10 @@ class SaltDataModule(L.LightningDataModule):
     parameters
         ``{name: {train: [values], test: value, prob: [...]}}`` for ``variables.parameters``:
         jets whose value is not in train get one drawn from it while fitting; test uses test.
+    mf_config
+        The truth objects of a MaskFormer and the constituent label pointing at them,
+        ``{object: {name, id_label, class_label, object_classes}, constituent: {name,
+        id_label}}`` (`salt.data.objects`); tasks name the objects ``input_name: objects``.
     edge_constructors
         ``[{input_name: tracks, edge_features: [dR, kt, z, isSelfLoop, subjetIndex, mass]}]``:
         relations between the constituents of a jet that the model computes from their raw
@@ -175,7 +134,7 @@ class SaltDataModule(L.LightningDataModule):
         global_object: str = "jets",
         batch_size: int = 1000,
         test_batch_size: int | None = None,
-        num_workers: int = 0,
+        num_workers: int | Literal["auto"] = 0,
         num_train: int = -1,
         num_val: int = -1,
         num_test: int = -1,
@@ -193,14 +152,15 @@ class SaltDataModule(L.LightningDataModule):
         labeller_config: LabellerConfig | None = None,
         multi_target: list[MultiTarget] | None = None,
         parameters: dict[str, ParameterSpec] | None = None,
+        mf_config: dict | None = None,
         edge_constructors: list[dict] | None = None,
         labels: dict[str, list[str]] | None = None,
         label_classes: dict[str, dict[str, int]] | None = None,
         label_maps: dict[str, dict[str, dict[int, int]]] | None = None,
     ):
         super().__init__()
-        if num_workers < 0:
-            raise SaltError(f"data.num_workers must be 0 or more, got {num_workers}.")
+        if num_workers != "auto" and (not isinstance(num_workers, int) or num_workers < 0):
+            raise SaltError(f"data.num_workers must be 0 or more, or auto; got {num_workers!r}.")
         self.files = {"train": train_file, "val": val_file, "test": test_file}
         self.edge_constructors = edge_constructors or []
         self.norm_dict = norm_dict
@@ -211,6 +171,10 @@ class SaltDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.test_batch_size = test_batch_size or batch_size
         self.num_workers = num_workers
+        self.workers = 0 if num_workers == "auto" else num_workers  # resolved in setup
+        self.workers_chosen: str | None = None  # what `auto` chose, logged once
+        # deliver batches to this CUDA device (scripts without a trainer); None: the trainer's
+        self.target_device: torch.device | str | None = None
         self.num_jets = {"train": num_train, "val": num_val, "test": num_test}
         self.num_inputs = num_inputs
         self.move_files_temp = move_files_temp
@@ -230,9 +194,10 @@ class SaltDataModule(L.LightningDataModule):
             "label_maps": label_maps,
             "multi_target": multi_target,
             "parameters": parameters,
+            "mf_config": mf_config,
         }
         # a wrong option fails now, before any file is opened; the files are checked in setup
-        ReadOptions.parse(
+        self.options = ReadOptions.parse(
             self.variables, self.labels, global_object, self.label_classes, **self.read_options
         )
         self.paths: dict[str, Path] = {}  # the file each split is read from (copy / virtual file)
@@ -262,7 +227,11 @@ class SaltDataModule(L.LightningDataModule):
 
     def _dataset_names(self) -> set[str]:
         names = {self.global_object, *self.variables, *self.labels} - set(EXTRA_INPUTS)
-        return {self.input_map.get(n, n) for n in names | {self.global_object}}
+        input_map = dict(self.input_map)
+        if self.options.objects is not None:
+            names.add(OBJECTS)
+            input_map[OBJECTS] = self.options.objects.dataset
+        return {input_map.get(n, n) for n in names | {self.global_object}}
 
     def _combine(self, paths: list[Path], split: str) -> Path:
         if len(paths) == 1:
@@ -339,7 +308,7 @@ class SaltDataModule(L.LightningDataModule):
         for split in splits:
             self.datasets[split] = self.make_dataset(split)
             self.preflight(split)
-        self._advise_workers()
+        self._choose_workers()
 
     def teardown(self, stage: str) -> None:
         """Close the files and remove the temporary copies and virtual files made in `setup`."""
@@ -352,10 +321,33 @@ class SaltDataModule(L.LightningDataModule):
             # what pointed at the removed files is rebuilt by the next setup
             self.datasets, self.paths = {}, {}
 
-    def _advise_workers(self) -> None:
-        accelerator = type(self.trainer.accelerator).__name__ if self.trainer is not None else ""
-        on_gpu = accelerator in ("CUDAAccelerator", "MPSAccelerator")
-        advice = worker_advice(self.num_workers, usable_cpus(), on_gpu)
+    def _on_gpu(self) -> bool:
+        """Whether batches go to a GPU: a CUDA trainer, or no trainer on a machine with one."""
+        if self.trainer is None:
+            return torch.cuda.is_available()
+        return type(self.trainer.accelerator).__name__ in ("CUDAAccelerator", "MPSAccelerator")
+
+    def _cpus_per_process(self) -> int:
+        # the training processes of one node share its CPUs
+        per_node = getattr(self.trainer, "num_devices", 1) if self.trainer is not None else 1
+        return max(usable_cpus() // max(int(per_node or 1), 1), 1)
+
+    def _choose_workers(self) -> None:
+        cpus, on_gpu = self._cpus_per_process(), self._on_gpu()
+        if self.num_workers == "auto":
+            if self.workers_chosen is None:
+                self.workers = auto_workers(cpus, on_gpu)
+                where = "a GPU" if on_gpu else "a CPU"
+                read = f"{self.workers} worker processes"
+                if not self.workers:
+                    read = f"the training process ({self.read_ahead} batches read ahead)"
+                self.workers_chosen = (
+                    f"data.num_workers auto: training on {where} with {cpus} usable CPUs per "
+                    f"process; reading in {read}."
+                )
+                log.info(self.workers_chosen)
+            return
+        advice = worker_advice(self.num_workers, cpus, on_gpu)
         if advice is not None:
             log.warning(advice)
             warnings.warn(advice, stacklevel=2)
@@ -377,9 +369,11 @@ class SaltDataModule(L.LightningDataModule):
             # A run resumed at an epoch boundary makes its iterator before Lightning calls
             # set_epoch: start from the epoch the restored loop is in, not from 0.
             sampler.epoch = fit_loop.epoch_progress.current.processed
-        workers = self.num_workers
+        workers = self.workers
+        device = self._device()
+        # pinned host memory only pays when the batch goes to a CUDA device
         on_gpu = torch.cuda.is_available() and (
-            self.trainer is None or type(self.trainer.accelerator).__name__ == "CUDAAccelerator"
+            self._on_gpu() if device is None else device.type == "cuda"
         )
         progress = None
         if split == "train" and self.trainer is not None:
@@ -396,13 +390,37 @@ class SaltDataModule(L.LightningDataModule):
             pin_memory=self.pin_memory and on_gpu,
             persistent_workers=self.persistent_workers and workers > 0,
             prefetch_factor=self.prefetch_factor if workers > 0 else None,
-            worker_init_fn=_die_with_parent if workers > 0 else None,
+            worker_init_fn=die_with_parent if workers > 0 else None,
             read_ahead=self.read_ahead,
             # a private generator keeps the loader from drawing on the global RNG, which
             # must feed only the model for runs and resumes to be bit-identical
             generator=torch.Generator().manual_seed(self._seed()),
             progress=progress,
+            constituents=self._constituents(dataset, device),
+            device=device,
         )
+
+    def _device(self) -> torch.device | None:
+        """The CUDA device batches are delivered to (`target_device`, else the trainer's)."""
+        if self.target_device is not None:
+            return torch.device(self.target_device)
+        if self.trainer is None or type(self.trainer.accelerator).__name__ != "CUDAAccelerator":
+            return None
+        return self.trainer.strategy.root_device
+
+    def _constituents(self, dataset: JetDataset, device: torch.device | None) -> list[str] | None:
+        """The constituent types the model encodes together, for the batches' host sizes.
+
+        The trainer's model says; without one, a batch that goes to a device gets the sizes of
+        every constituent type with inputs (as SaltModel merges them), others none.
+        """
+        module = getattr(self.trainer, "lightning_module", None) if self.trainer else None
+        known = getattr(getattr(module, "model", None), "constituents", None)
+        if known is not None:
+            return list(known)
+        if device is None:
+            return None
+        return [n for n in dataset.num_slots if n in dataset.variables]
 
     def train_dataloader(self) -> SaltDataLoader:
         return self._loader("train", shuffle=True)

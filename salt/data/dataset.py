@@ -7,7 +7,8 @@ Shapes (B jets in a batch, T constituent slots read per jet, N valid constituent
                    "global": (B, F_global) float32, "parameters": (B, P) float32},
         "valid":  {"tracks": (B, T) bool},                  # True = a real constituent
         "labels": {"jets": {"flavour_label": (B,) int64},
-                   "tracks": {"ftagTruthOriginLabel": (N,) int64, ...}},
+                   "tracks": {"ftagTruthOriginLabel": (N,) int64, ...},
+                   "objects": {"barcode": (B, K) int64, "valid": (B, K) bool, "pt": (B, K) ...}},
     }
 
 Constituents come out *packed*: only the valid ones (those that pass `data.selections`, too),
@@ -15,7 +16,8 @@ jet after jet, in slot order (`valid` may have holes; it need not be a prefix). 
 spends compute on padding, and the batch that crosses from a worker to the trainer is smaller.
 `valid` keeps the layout so that predictions can be written back per slot. Integer labels are
 int64, float labels float32. `global` and `parameters` (present when configured) are jet-level
-inputs read from the jet-level dataset, beside its own.
+inputs read from the jet-level dataset, beside its own. With `data.mf_config` the truth objects
+of each jet (K slots) come as padded labels under "objects" (`salt.data.objects`).
 
 Reading is fast only when done in one go: each batch is one low-level read of the file's own
 record type into a preallocated buffer (HDF5's own field selection and type conversion are
@@ -27,7 +29,6 @@ computed on the fly and conditional targets work on the same raw records, whole 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
@@ -38,30 +39,15 @@ from torch.utils.data import Dataset
 from salt.data.h5files import open_h5
 from salt.data.labeller import LABEL, LabellerConfig
 from salt.data.labelmaps import LabelMap
+from salt.data.objects import OBJECTS, read_objects
 from salt.data.options import EXTRA_INPUTS, ReadOptions
 from salt.data.parameters import ParameterSpec, assign_parameters
 from salt.data.rawread import RawReader
+from salt.data.readplan import ReadPlan, check_fields, plan_object
 from salt.data.records import Columns, Run, all_finite, as_bytes, column_runs, field_view, gather
-from salt.data.selections import Selection
-from salt.data.targets import MultiTarget, apply_rules, check_against_record
+from salt.data.targets import MultiTarget, apply_rules
 from salt.data.transforms import Transform
 from salt.errors import SaltError, close_matches
-
-
-@dataclass
-class _Plan:
-    """How to turn the raw records of one object type into the batch's arrays."""
-
-    dataset: str  # name in the file
-    record: np.dtype  # the file's record type
-    constituent: bool
-    slots: int  # slots read per jet (constituents), 0 for the jet-level object
-    inputs: list[str]
-    runs: list[Run]
-    labels: list[tuple[str, int, np.dtype]]  # read from the file: (field, byte offset, dtype)
-    valid_offset: int
-    selection: Selection | None = None
-    rules: list[MultiTarget] = field(default_factory=list)  # data.multi_target entries
 
 
 class JetDataset(Dataset):
@@ -115,6 +101,9 @@ class JetDataset(Dataset):
         Conditional regression targets (`salt.data.targets`).
     parameters
         ``{name: {train, test, prob}}`` for ``variables["parameters"]`` (`salt.data.parameters`).
+    mf_config
+        The truth objects and the constituent label that points at them (`salt.data.objects`);
+        their dataset is read as object ``objects``.
     seed
         Seed of the batches' random draws, with the epoch and the batch index.
     """
@@ -139,6 +128,7 @@ class JetDataset(Dataset):
         label_maps: dict[str, dict[str, dict[int, int]]] | None = None,
         multi_target: list[MultiTarget | dict] | None = None,
         parameters: dict[str, ParameterSpec | dict] | None = None,
+        mf_config=None,
         seed: int = 0,
     ):
         super().__init__()
@@ -166,8 +156,13 @@ class JetDataset(Dataset):
             label_maps=label_maps,
             multi_target=multi_target,
             parameters=parameters,
+            mf_config=mf_config,
             seed=seed,
         )
+        objects = self.options.objects
+        if objects is not None:
+            self.labels = objects.with_labels(self.labels)
+            self.input_map[OBJECTS] = objects.dataset
         self._inspect(num_jets)
         self._reader = RawReader(
             self.filename,
@@ -205,20 +200,36 @@ class JetDataset(Dataset):
 
     def _inspect(self, num_jets: int) -> None:
         """Check datasets and fields once, in the main process, before any batch is read."""
-        self._plans: dict[str, _Plan] = {}
+        self._plans: dict[str, ReadPlan] = {}
         with open_h5(self.filename, self.split) as f:
             available = [k for k, v in f.items() if isinstance(v, h5py.Dataset)]
             for name in self.object_names:
                 ds_name = self.dataset_name(name)
                 if not isinstance(f.get(ds_name), h5py.Dataset):
                     mapped = f" (data.input_map maps '{name}' to it)" if name != ds_name else ""
+                    if name == OBJECTS:
+                        mapped = (
+                            " (data.mf_config.object.name)"
+                            if self.options.objects is not None
+                            else " (tasks on 'objects' read the truth objects that "
+                            "data.mf_config names: set it)"
+                        )
                     raise SaltError(
                         f"{self._where()} has no dataset '{ds_name}'{mapped}. It has: "
                         f"{', '.join(available) or 'no datasets'}."
                         f"{close_matches(ds_name, available)} Fix data.variables or "
                         f"data.input_map (e.g. --data.input_map '{{{name}: <dataset>}}')."
                     )
-                self._plans[name] = self._plan(name, f[ds_name])
+                self._plans[name] = plan_object(
+                    name,
+                    f[ds_name],
+                    global_object=self.global_object,
+                    inputs=self.variables.get(name, []),
+                    labels=self.labels.get(name, []),
+                    options=self.options,
+                    slots=self.num_constituents.get(name),
+                    where=self._where(),
+                )
             n_file = f[self.dataset_name(self.global_object)].shape[0]
             for name in self.constituent_names:
                 rows = f[self.dataset_name(name)].shape[0]
@@ -231,7 +242,7 @@ class JetDataset(Dataset):
         jets = self._plans[self.global_object]
         self._extras: dict[str, list[Run]] = {}
         for name in self.extra_inputs:
-            self._check_fields(name, jets.record, jets.dataset, self.variables[name])
+            check_fields(name, jets.record, jets.dataset, self.variables[name], self._where())
             self._extras[name] = column_runs(jets.record, self.variables[name])
         if self.options.labeller is not None:
             self.options.labeller.check(jets.record, jets.dataset, self._where())
@@ -255,80 +266,6 @@ class JetDataset(Dataset):
         else:
             self.num_jets = num_jets
         self.num_batches = -(-self.num_jets // self.batch_size)
-
-    def _check_fields(self, name: str, record: np.dtype, dataset: str, names: list[str]) -> None:
-        fields = record.names or ()
-        for var in names:
-            if var not in fields:
-                raise SaltError(
-                    f"{self._where()}: dataset '{dataset}' has no variable '{var}'."
-                    f"{close_matches(var, fields)} Remove it from data.variables.{name} (or the "
-                    "task that needs it as a label), or use a file that has it."
-                )
-            kind = record.fields[var][0].kind
-            if kind not in "biuf" or record.fields[var][0].shape:
-                raise SaltError(
-                    f"{self._where()}: variable '{var}' of dataset '{dataset}' has "
-                    f"type {record.fields[var][0]}; inputs and labels must be numeric scalars."
-                )
-
-    def _plan(self, name: str, ds: h5py.Dataset) -> _Plan:
-        record = ds.dtype
-        dataset = ds.name.lstrip("/")
-        fields = record.names or ()
-        inputs = self.variables.get(name, [])
-        made = self.options.produced(name, self.global_object)
-        labels = [label for label in self.labels.get(name, []) if label not in made]
-        self._check_fields(name, record, dataset, [*inputs, *labels])
-        for label in self.options.label_maps.get(name, {}):
-            if label in labels and record.fields[label][0].kind not in "biu":
-                raise SaltError(
-                    f"data.label_maps.{name}.{label}: '{label}' of dataset '{dataset}' in "
-                    f"{self._where()} has type {record.fields[label][0]}; label maps apply to "
-                    "integer labels."
-                )
-        check_against_record(self.options.multi_target, name, record, dataset, self._where())
-        selection = self.options.selections.get(name)
-        if selection is not None:
-            selection.check(record, dataset, self._where())
-        constituent = name != self.global_object
-        slots, valid_offset = 0, -1
-        if constituent:
-            if len(ds.shape) != 2:
-                raise SaltError(
-                    f"{self._where()}: constituent dataset '{dataset}' has shape "
-                    f"{ds.shape}; expected (n_jets, n_slots)."
-                )
-            if "valid" not in fields or record.fields["valid"][0].kind != "b":
-                raise SaltError(
-                    f"{self._where()}: dataset '{dataset}' has no boolean 'valid' "
-                    "field, which marks real constituents against padding; UPP always writes it."
-                )
-            stored = ds.shape[1]
-            slots = self.num_constituents.get(name, stored)
-            if not 0 < slots <= stored:
-                raise SaltError(
-                    f"data.num_inputs.{name} = {slots}, but {self._where()} stores "
-                    f"{stored} slots per jet; choose 1..{stored}."
-                )
-            valid_offset = record.fields["valid"][1]
-        elif len(ds.shape) != 1:
-            raise SaltError(
-                f"{self._where()}: jet-level dataset '{dataset}' has shape "
-                f"{ds.shape}; expected (n_jets,). Is data.global_object right?"
-            )
-        return _Plan(
-            dataset=dataset,
-            record=record,
-            constituent=constituent,
-            slots=slots,
-            inputs=inputs,
-            runs=column_runs(record, inputs),
-            labels=[(lab, record.fields[lab][1], record.fields[lab][0]) for lab in labels],
-            valid_offset=valid_offset,
-            selection=selection,
-            rules=[r for r in self.options.multi_target if r.input_name == name],
-        )
 
     # ----------------------------------------------------------------------------- reading
     @property
@@ -381,6 +318,9 @@ class JetDataset(Dataset):
         labels: dict[str, dict[str, np.ndarray]] = {}
         for name, plan in self._plans.items():
             records = raw[name]
+            if plan.objects:
+                labels[name] = self._objects(records, plan, start)
+                continue
             flat = as_bytes(records)
             rows = None  # slot of each packed constituent, for messages
             if plan.constituent:
@@ -418,14 +358,23 @@ class JetDataset(Dataset):
         """Batch `index` as tensors (see the module docstring for shapes)."""
         return _to_tensors(self.read_batch(index))
 
-    def _finite(self, x: np.ndarray, plan: _Plan, names: list[str], start: int, rows) -> np.ndarray:
+    def _objects(self, records: np.ndarray, plan: ReadPlan, start: int) -> dict[str, np.ndarray]:
+        mf = self.options.objects
+        out = read_objects(
+            records, plan.labels, plan.valid_offset, mf, plan.rules, start, self._where()
+        )
+        return {label: out[label] for label in [*self.labels[OBJECTS], "valid"]}
+
+    def _finite(
+        self, x: np.ndarray, plan: ReadPlan, names: list[str], start: int, rows
+    ) -> np.ndarray:
         if not all_finite(x):
             if not self.options.non_finite_to_num:
                 self._raise_non_finite(x, plan, names, start, rows)
             np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
         return x
 
-    def _labels(self, raw: np.ndarray, plan: _Plan, name: str, start: int, rows) -> dict:
+    def _labels(self, raw: np.ndarray, plan: ReadPlan, name: str, start: int, rows) -> dict:
         out = {}
         maps = self.options.label_maps.get(name, {})
         for label, offset, dtype in plan.labels:
@@ -458,11 +407,11 @@ class JetDataset(Dataset):
         return {label: out[label] for label in self.labels[name]}
 
     # ----------------------------------------------------------------------------- errors
-    def _jet_of(self, row: int, start: int, rows: np.ndarray | None, plan: _Plan) -> int:
+    def _jet_of(self, row: int, start: int, rows: np.ndarray | None, plan: ReadPlan) -> int:
         """The jet (file row) of output row `row`; `rows` maps packed constituents to slots."""
         return start + (row if rows is None else int(rows[row]) // plan.slots)
 
-    def _raise_non_finite(self, x, plan: _Plan, names, start, rows) -> None:
+    def _raise_non_finite(self, x, plan: ReadPlan, names, start, rows) -> None:
         row, col = np.argwhere(~np.isfinite(x))[0]
         jet = self._jet_of(int(row), start, rows, plan)
         where = "a valid constituent of jet" if plan.constituent else "jet"
@@ -476,7 +425,7 @@ class JetDataset(Dataset):
     def _check_range(
         self,
         values: np.ndarray,
-        plan: _Plan,
+        plan: ReadPlan,
         label: str,
         n_classes: int,
         low: int,
@@ -508,7 +457,8 @@ def _extra(name: str) -> bool:
 
 
 def _to_tensors(batch):
-    """The same nested dicts with every numpy array wrapped as a tensor (no copy)."""
+    """The same nested dicts with every numpy array wrapped as a tensor (no copy); other values
+    (the host ints of ``sizes``) as they are."""
     if isinstance(batch, dict):
         return {k: _to_tensors(v) for k, v in batch.items()}
-    return torch.from_numpy(batch)
+    return torch.from_numpy(batch) if isinstance(batch, np.ndarray) else batch

@@ -7,6 +7,11 @@ raw reads (`JetDataset.read_raw`; HDF5 releases the GIL while it reads and decom
 GN2's inputs, batches of 1000, no workers): reading and converting in turn delivers ~57% of the
 bare read rate, this split ~80%. A pool of threads that each read and convert whole batches
 does worse than the split: it leaves HDF5 idle while all of them convert.
+
+On a GPU the loader also prepares what the training step would otherwise ask the device for:
+each batch carries the host-side sizes of its packed layouts (`salt.models.layout.host_sizes`,
+computed in the worker that made the batch, or here), is pinned, and is copied to the GPU one
+batch ahead on a side stream (`salt.data.prefetch`).
 """
 
 from __future__ import annotations
@@ -15,12 +20,15 @@ import queue
 import threading
 from collections.abc import Iterable, Iterator
 
+import torch
 from torch.utils.data import DataLoader
 from torch.utils.data._utils import signal_handling
 from torch.utils.data._utils.pin_memory import pin_memory
 
 from salt.data.dataset import JetDataset, _to_tensors
+from salt.data.prefetch import to_device_ahead
 from salt.errors import SaltError
+from salt.models.layout import host_sizes
 
 
 def read_ahead(dataset: JetDataset, order: Iterable[int], depth: int = 3) -> Iterator[dict]:
@@ -74,6 +82,11 @@ class SaltDataLoader(DataLoader):
       worker's pipe, which for these few mid-sized arrays is cheaper than torch's one
       shared-memory file per tensor; the tensors are rebuilt here without a copy.
     * Pinning (``pin_memory``, GPU runs only) happens here, on whole batches.
+    * With `constituents` (the types the model encodes together), every batch carries
+      ``batch["sizes"]``: the host ints its packed layouts need (`host_sizes`), computed from the
+      host copy of ``valid`` (in the worker, with workers); the model's own hook then skips.
+    * With a CUDA `device`, batches are copied there one batch ahead of the consumer
+      (`salt.data.prefetch.to_device_ahead`): Lightning finds them on the device already.
     * The sampler's indices carry their epoch (`salt.data.sampler.BatchIndex`) to wherever the
       batch is read, so its random draws (transforms, parameters) are the same in a worker, in
       the read-ahead thread and after a resume.
@@ -90,12 +103,16 @@ class SaltDataLoader(DataLoader):
         pin_memory: bool = False,
         read_ahead: int = 0,
         progress=None,
+        constituents: list[str] | None = None,
+        device: torch.device | str | None = None,
         **kwargs,
     ):
         self.read_ahead = read_ahead if num_workers == 0 else 0
         self.pin_batches = pin_memory
+        self.constituents = None if constituents is None else list(constituents)
+        self.device = None if device is None else torch.device(device)
         if num_workers > 0:
-            kwargs["collate_fn"] = _as_numpy
+            kwargs["collate_fn"] = WorkerCollate(self.constituents)
         super().__init__(dataset, *args, num_workers=num_workers, pin_memory=False, **kwargs)
         self._progress = progress  # callable: batches of the current epoch already trained on
 
@@ -103,14 +120,20 @@ class SaltDataLoader(DataLoader):
         if self.read_ahead > 0:
             # the sampler hands out this epoch's order (after any resume skip) in one go
             batches = read_ahead(self.dataset, list(self.sampler), self.read_ahead)
-            return self._finish(batches, to_tensors=True)
-        return self._finish(super().__iter__(), to_tensors=self.num_workers > 0)
+            host = self._finish(batches, to_tensors=True)
+        else:
+            host = self._finish(super().__iter__(), to_tensors=self.num_workers > 0)
+        if self.device is None:
+            return host
+        return to_device_ahead(host, self.device)
 
     def _finish(self, batches: Iterator[dict], to_tensors: bool) -> Iterator[dict]:
         try:
             for batch in batches:
                 if to_tensors:
                     batch = _to_tensors(batch)
+                if self.constituents is not None and batch["valid"] and "sizes" not in batch:
+                    batch["sizes"] = host_sizes(batch["valid"], self.constituents)
                 yield pin_memory(batch) if self.pin_batches else batch
         except Exception as err:
             if self.num_workers > 0:
@@ -156,11 +179,27 @@ def _kill_workers(iterator) -> None:
     iterator._shutdown_workers()  # closes the queues; the workers are gone already
 
 
+class WorkerCollate:
+    """Worker-side collate: the batch's tensors as the numpy arrays they wrap (no copy).
+
+    A few mid-sized numpy arrays cross the worker's pipe in one pickle, cheaper than torch's
+    one shared-memory file per tensor. With `constituents`, the batch's host sizes are added
+    here, in the worker, as plain ints (see `SaltDataLoader`).
+    """
+
+    def __init__(self, constituents: list[str] | None = None):
+        self.constituents = constituents
+
+    def __call__(self, batch: dict) -> dict:
+        if self.constituents is not None and batch["valid"]:
+            batch["sizes"] = host_sizes(batch["valid"], self.constituents)
+        return _as_numpy(batch)
+
+
 def _as_numpy(batch):
-    """Worker-side collate: the batch's tensors as the numpy arrays they wrap (no copy)."""
     if isinstance(batch, dict):
         return {k: _as_numpy(v) for k, v in batch.items()}
-    return batch.numpy()
+    return batch.numpy() if isinstance(batch, torch.Tensor) else batch
 
 
 def _worker_message(text: str) -> str:

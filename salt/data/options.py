@@ -1,7 +1,8 @@
 """What the loader does to a batch after reading it, as configured under `data:`.
 
 `ReadOptions.parse` turns the config's options (`non_finite_to_num`, `selections`, `transforms`,
-`labeller_config`, `label_maps`, `multi_target`, `parameters`) into checked objects, and refuses
+`labeller_config`, `label_maps`, `multi_target`, `parameters`, `mf_config`) into checked objects,
+and refuses
 everything that can be refused without opening a file: the datamodule calls it when it is built,
 so a wrong option fails before any file is read. `JetDataset` checks the rest against the files.
 """
@@ -15,6 +16,7 @@ import numpy as np
 
 from salt.data.labeller import LABEL, FlavourLabeller, LabellerConfig, as_labeller_config
 from salt.data.labelmaps import LabelMap, parse_label_maps
+from salt.data.objects import OBJECTS, ObjectConfig
 from salt.data.parameters import Parameter, parse_parameters
 from salt.data.selections import Selection, parse_selections
 from salt.data.targets import MultiTarget, parse_multi_target
@@ -40,6 +42,7 @@ class ReadOptions:
     label_maps: dict[str, dict[str, LabelMap]] = field(default_factory=dict)
     multi_target: list[MultiTarget] = field(default_factory=list)
     parameters: list[Parameter] = field(default_factory=list)
+    objects: ObjectConfig | None = None
     seed: int = 0
 
     @classmethod
@@ -57,6 +60,7 @@ class ReadOptions:
         label_maps: dict | None = None,
         multi_target: list | None = None,
         parameters: dict | None = None,
+        mf_config=None,
         seed: int = 0,
     ) -> ReadOptions:
         """Check the options against the variables and labels of the config (no files)."""
@@ -66,6 +70,11 @@ class ReadOptions:
 
         opts.selections = parse_selections(selections)
         for name in opts.selections:
+            if name == OBJECTS:
+                raise SaltError(
+                    f"data.selections.{OBJECTS}: the truth objects are not selected (they stay "
+                    "in their slots); remove the entry."
+                )
             if name == global_object or name not in objects:
                 raise SaltError(
                     f"data.selections.{name}: selections apply to constituent types that are read "
@@ -124,6 +133,17 @@ class ReadOptions:
                 )
 
         opts.parameters = parse_parameters(parameters, variables.get("parameters"))
+
+        opts.objects = ObjectConfig.parse(mf_config)
+        if opts.objects is not None:
+            name = opts.objects.constituent
+            types = [n for n in variables if n != global_object and n not in EXTRA_INPUTS]
+            if name not in types:
+                raise SaltError(
+                    f"data.mf_config.constituent.name is '{name}', which is not a constituent "
+                    f"type with inputs (data.variables lists {', '.join(types) or 'none'}): the "
+                    "objects are made of the constituents the model sees. Name one of them."
+                )
         return opts
 
     def produced(self, name: str, global_object: str) -> set[str]:
