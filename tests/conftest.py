@@ -1,8 +1,20 @@
-"""Shared fixtures: generated UPP-format demo data, and running `salt` as a user would."""
+"""Shared fixtures: generated UPP-format demo data, runs trained once, and running `salt`.
+
+* `demo`: the demo files (6000 training jets, 600 validation and 600 test jets).
+* `trained_run(config)`: the run folder of a `salt fit` of a shipped config on the demo files,
+  trained once per test session (`TRAINING`: 3000 jets, batches of 100, 2 epochs) and handed
+  to each caller as a fresh copy, so that a test may test, export or resume it freely. Used by
+  the shipped-config, prediction, export and report tests; use it for any test that needs a
+  trained model and does not care how it was trained.
+* `run_salt(args, cwd)`: `salt ARGS` in a subprocess, as a user runs it.
+* `run_dirs(cwd)`, `only_run_dir(cwd)`: the run folders under `cwd/logs` (not `logs/latest`,
+  the link to the newest).
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -64,3 +76,52 @@ def run_salt(
             f"\n--- stderr\n{result.stderr[-6000:]}"
         )
     return result
+
+
+def run_dirs(cwd: Path) -> list[Path]:
+    """The run folders under `cwd/logs`, oldest name first (`logs/latest` is a link, left out)."""
+    logs = Path(cwd) / "logs"
+    if not logs.exists():
+        return []
+    return sorted(p for p in logs.iterdir() if p.is_dir() and not p.is_symlink())
+
+
+def only_run_dir(cwd: Path) -> Path:
+    """The one run folder under `cwd/logs` (fails if there are none or several)."""
+    (run_dir,) = run_dirs(cwd)
+    return run_dir
+
+
+#: How `trained_run` trains: 30 steps per epoch, enough for each shipped config's validation
+#: loss to fall from the first epoch to the second and for GN2 to beat a single-track cut.
+TRAINING = [
+    "--data.num_train", "3000", "--data.num_val", "500", "--data.batch_size", "100",
+    "--trainer.max_epochs", "2", "--trainer.enable_model_summary", "false",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def trained_run(demo, tmp_path_factory):
+    """`trained_run("GN2")` -> a copy of `logs/<run>/` of a shipped config (see the docstring).
+
+    The copy lies at `<tmp>/logs/<run name>/`: run `salt` with `cwd=run.parent.parent`.
+    `trained_run("GN2", copy=False)` returns the original, which must not be changed.
+    """
+    originals: dict[str, Path] = {}
+
+    def get(config: str, copy: bool = True) -> Path:
+        if config not in originals:
+            cwd = tmp_path_factory.mktemp(f"trained_{config}")
+            run_salt(
+                ["fit", "--config", f"configs/{config}.yaml", *data_args(demo), "--force",
+                 *TRAINING],
+                cwd,
+            )  # fmt: skip
+            originals[config] = only_run_dir(cwd)
+        if not copy:
+            return originals[config]
+        target = tmp_path_factory.mktemp(f"copy_{config}") / "logs" / originals[config].name
+        shutil.copytree(originals[config], target)
+        return target
+
+    return get

@@ -21,10 +21,10 @@ import torch
 import yaml
 
 from salt import helpcache
+from salt.cli import cpu_has_native_bf16
 from salt.gitcheck import code_repo
-from salt.main import _cpu_has_native_bf16
 from tests.cli_support import probe_args, probe_env, read_probe
-from tests.conftest import data_args, run_salt
+from tests.conftest import data_args, only_run_dir, run_dirs, run_salt
 
 SMALL = ["--data.num_train", "500", "--data.num_val", "250", "--data.batch_size", "250"]
 CKPT_NAME = re.compile(r"^epoch=(\d{3})-val_loss=(\d+\.\d{5})\.ckpt$")
@@ -32,11 +32,6 @@ CKPT_NAME = re.compile(r"^epoch=(\d{3})-val_loss=(\d+\.\d{5})\.ckpt$")
 
 def fit(demo, config: str = "GN2", *extra: str) -> list[str]:
     return ["fit", "--config", f"configs/{config}.yaml", *data_args(demo), "--force", *extra]
-
-
-def run_dirs(cwd: Path) -> list[Path]:
-    logs = cwd / "logs"
-    return sorted(p for p in logs.iterdir() if p.is_dir()) if logs.exists() else []
 
 
 def ckpt(run_dir: Path, epoch: int) -> Path:
@@ -66,7 +61,7 @@ def gn2_run(demo, tmp_path_factory) -> dict:
     # dropout on: a resume is only exact if the dropout RNG comes back from the checkpoint
     dropout = ["--model.model.init_args.encoder.init_args.dropout", "0.1"]
     result = run_salt(fit(demo, "GN2", *SMALL, *dropout, "--trainer.max_epochs", "2"), cwd)
-    (run_dir,) = run_dirs(cwd)
+    run_dir = only_run_dir(cwd)
     return {"cwd": cwd, "run_dir": run_dir, "result": result}
 
 
@@ -148,9 +143,9 @@ def test_config_error_stops_before_training_and_names_it(demo, tmp_path, args, e
 
 
 def test_cpu_bf16_detection_reads_the_flags():
-    assert not _cpu_has_native_bf16("processor : 0\nflags\t\t: fpu sse avx2 fma\n")
-    assert _cpu_has_native_bf16("flags\t\t: fpu avx2 avx512f avx512_bf16\n")
-    assert _cpu_has_native_bf16("flags\t\t: fpu avx2 amx_bf16 amx_tile\n")
+    assert not cpu_has_native_bf16("processor : 0\nflags\t\t: fpu sse avx2 fma\n")
+    assert cpu_has_native_bf16("flags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    assert cpu_has_native_bf16("flags\t\t: fpu avx2 amx_bf16 amx_tile\n")
 
 
 # ----------------------------------------------------------------------------- dev runs
@@ -194,7 +189,7 @@ def test_trainer_options_and_precision_warnings(demo, tmp_path):
         tmp_path,
     )  # fmt: skip
     slow = "emulated: training runs about 10x slower"
-    assert (slow in result.stderr) == (not _cpu_has_native_bf16())
+    assert (slow in result.stderr) == (not cpu_has_native_bf16())
     assert "Epoch 0: 100%" in result.stdout  # the progress bar
     result = run_salt(
         fit(demo, "DL1", *SMALL, "--trainer.fast_dev_run", "1", "--trainer.precision", "16-mixed",
