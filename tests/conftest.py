@@ -57,8 +57,12 @@ def run_salt(
     timeout: float = 600,
     env: dict | None = None,
     command: str = "salt.main",
+    **popen_kwargs,
 ) -> subprocess.CompletedProcess:
-    """Run `python -m salt.main ARGS` in `cwd`, as the `salt` console script does."""
+    """Run `python -m salt.main ARGS` in `cwd`, as the `salt` console script does.
+
+    `popen_kwargs` go to subprocess.run (e.g. `preexec_fn` to set a resource limit).
+    """
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     # keep the user's help cache out of the tests
     full_env.setdefault("XDG_CACHE_HOME", str(cwd / ".cache"))
@@ -69,6 +73,7 @@ def run_salt(
         text=True,
         timeout=timeout,
         env=full_env,
+        **popen_kwargs,
     )
     if check and result.returncode != 0:
         raise AssertionError(

@@ -135,20 +135,31 @@ class ProgressBar(TQDMProgressBar):
             total = trainer.estimated_stepping_batches
             steps = "" if not math.isfinite(total) else f", {int(total) - self._step0} steps"
             self._print(
-                f"training: {trainer.max_epochs} epochs{steps}; a line per epoch"
+                f"training: {trainer.max_epochs} epoch{'s' * (trainer.max_epochs != 1)}{steps}; "
+                "a line per epoch"
                 + (f" and every {self.interval / 60:g} min" if self.interval else "")
             )
+
+    def on_sanity_check_start(self, trainer, pl_module) -> None:
+        self.train_progress_bar = Tqdm(disable=True)
+        self._val_progress_bar = None  # made with its total by the first batch
+
+    def on_sanity_check_end(self, trainer, pl_module) -> None:
+        if self._val_progress_bar is not None:
+            self._val_progress_bar.close()
+        self.train_progress_bar.close()
 
     def on_validation_batch_start(
         self, trainer, pl_module, batch, batch_idx, dataloader_idx=0
     ) -> None:
-        if trainer.sanity_checking or self._val_progress_bar is not None:
+        if self._val_progress_bar is not None:
             super().on_validation_batch_start(trainer, pl_module, batch, batch_idx, dataloader_idx)
             return
+        # the bar is created with its name and total, so that no "Validation: 0/?" is drawn
         self.has_dataloader_changed(dataloader_idx)  # tells the tracker this loader's index
         has_main_bar = trainer.state.fn != "validate"
         self.val_progress_bar = Tqdm(
-            desc="Validation",
+            desc=self.sanity_check_description if trainer.sanity_checking else "Validation",
             total=convert_inf(self.total_val_batches_current_dataloader),
             position=2 * self.process_position + has_main_bar,
             disable=self.is_disabled,
@@ -169,8 +180,6 @@ class ProgressBar(TQDMProgressBar):
     def on_validation_start(self, trainer, pl_module) -> None:
         if trainer.state.fn == "validate":
             self._t0 = time.monotonic()
-        if trainer.sanity_checking:
-            return
         # made when the first batch arrives, with its total (see on_validation_batch_start)
         self._val_progress_bar = None
 
