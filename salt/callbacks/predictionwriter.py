@@ -88,6 +88,8 @@ class PredictionWriter(Callback):
         if trainer.ckpt_path is None:
             raise RuntimeError("PredictionWriter needs the checkpoint path to name its output")
         self.path = output_path(trainer.ckpt_path, data.sources["test"][0], data.test_suff)
+        # named before the test loop: a clash of names stops here, not after the inference
+        self.fields = output_fields(self.model, self.name, for_file=True)
         self.outputs: list[dict] = []
         self.valid: list[np.ndarray] = []
 
@@ -128,7 +130,7 @@ class PredictionWriter(Callback):
     def _jet_outputs(self) -> dict[str, np.ndarray]:
         """`(N,)` float32 per jet-level output, named by `salt.export.outputs.output_fields`."""
         fields: dict[str, np.ndarray] = {}
-        for source in output_fields(self.model, self.name, for_file=True):
+        for source in self.fields:
             if source.constituent is None:
                 values = self._collect(source.task, source.key)
                 fields[source.name] = values[:, source.column].astype(np.float32)
@@ -138,7 +140,7 @@ class PredictionWriter(Callback):
         """`(N, T)` per track-level output: probabilities (float32, 0 in padding), classes and
         vertex indices (int32, -1 in padding). `valid` is `(N, T)` bool."""
         fields: dict[str, np.ndarray] = {}
-        for source in output_fields(self.model, self.name, for_file=True):
+        for source in self.fields:
             if source.constituent != self._tracks_name():
                 continue
             packed = self._collect(source.task, source.key)  # (n_valid, ...) over the file
