@@ -25,7 +25,7 @@ from salt import helpcache
 from salt.cli import cpu_has_native_bf16
 from salt.gitcheck import code_repo
 from tests.cli_support import probe_args, probe_env, read_probe
-from tests.conftest import data_args, only_run_dir, run_dirs, run_salt
+from tests.conftest import data_args, only_run_dir, run_dirs, run_salt, run_salt_many
 
 SMALL = ["--data.num_train", "500", "--data.num_val", "250", "--data.batch_size", "250"]
 CKPT_NAME = re.compile(r"^epoch=(\d{3})-val_loss=(\d+\.\d{5})\.ckpt$")
@@ -109,14 +109,56 @@ def test_help_cache_key_follows_the_config_files(tmp_path, monkeypatch):
     assert helpcache._key(argv) != key  # the same name in another folder is another file
 
 
-# ----------------------------------------------------------------------------- config merging
-def test_base_is_merged_first_then_configs_and_arguments_in_order(tmp_path):
-    (tmp_path / "later.yaml").write_text("data:\n  batch_size: 9\ntrainer:\n  max_epochs: 3\n")
-    result = run_salt(
-        ["fit", "--config", "configs/DL1.yaml", "--data.batch_size", "7", "--config",
-         "later.yaml", "--trainer.max_epochs", "5", "--print_config"],
-        tmp_path,
-    )  # fmt: skip
+# ----------------------------------------------------------------------------- parsing
+NESTED = "model.model.init_args.encoder.init_args.num_layer"
+MISSPELT = "Did you mean"
+#: command lines that stop while they are read, and what salt must say (one process for all)
+PARSE_CASES = {
+    "unknown-key": (["--trainer.max_epoch", "1"], "Did you mean: --trainer.max_epochs"),
+    "wrong-type": (["--data.batch_size", "many"], 'Parser key "data.batch_size"'),
+    "missing-variable": (["--data.variables.tracks", "[d0,not_a_variable]"], "not_a_variable"),
+    "unknown-key-in-file": (
+        ["--config", "bad.yaml"],
+        "trainer.max_epoch (in bad.yaml) is not an option. Did you mean: trainer.max_epochs?",
+    ),
+    "typo-in-file": (
+        ["--config", "typo.yaml"],
+        "data.batch_sise (in typo.yaml) is not an option. Did you mean: data.batch_size?",
+    ),
+    "nested-typo": (
+        [f"--{NESTED}", "3"],
+        f"{NESTED} (command line): salt.models.Transformer has no option 'num_layer'. Did you "
+        "mean: num_layers?",
+    ),
+    "nested-typo-in-file": (
+        ["--config", "nested.yaml"],
+        f"{NESTED} (in nested.yaml): salt.models.Transformer has no option 'num_layer'. Did "
+        "you mean: num_layers?",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def parsed(demo, tmp_path_factory) -> dict:
+    """Every PARSE_CASES command line and the config-merging one, run in one salt process."""
+    cwd = tmp_path_factory.mktemp("parse")
+    (cwd / "bad.yaml").write_text("trainer:\n  max_epoch: 3\n")
+    (cwd / "typo.yaml").write_text("data:\n  batch_sise: 3\n")
+    nested = "model:\n  model:\n    init_args:\n      encoder:\n        init_args:\n"
+    (cwd / "nested.yaml").write_text(nested + "          num_layer: 3\n")
+    (cwd / "later.yaml").write_text("data:\n  batch_size: 9\ntrainer:\n  max_epochs: 3\n")
+    commands = {case: fit(demo, "GN2", *args) for case, (args, _) in PARSE_CASES.items()}
+    commands["merged"] = [
+        "fit", "--config", "configs/DL1.yaml", "--data.batch_size", "7", "--config",
+        "later.yaml", "--trainer.max_epochs", "5", "--print_config",
+    ]  # fmt: skip
+    results = run_salt_many(list(commands.values()), cwd)
+    return {"cwd": cwd, **dict(zip(commands, results))}
+
+
+def test_base_is_merged_first_then_configs_and_arguments_in_order(parsed):
+    result = parsed["merged"]
+    assert result.returncode == 0, result.stderr
     config = yaml.safe_load(result.stdout)
     assert config["seed_everything"] == 42  # from base.yaml, never named
     assert config["data"]["num_workers"] == 0  # base.yaml
@@ -125,39 +167,14 @@ def test_base_is_merged_first_then_configs_and_arguments_in_order(tmp_path):
     assert config["trainer"]["max_epochs"] == 5  # a later argument overrides a config
 
 
-# ----------------------------------------------------------------------------- config errors
-NESTED = "model.model.init_args.encoder.init_args.num_layer"
-
-
-@pytest.mark.parametrize(
-    ("args", "expected"),
-    [
-        (["--trainer.max_epoch", "1"], "Did you mean: --trainer.max_epochs"),
-        (["--data.batch_size", "many"], 'Parser key "data.batch_size"'),
-        (["--data.variables.tracks", "[d0,not_a_variable]"], "not_a_variable"),
-        (["--config", "bad.yaml"], "trainer.max_epoch (in bad.yaml) is not an option. Did you "
-         "mean: trainer.max_epochs?"),
-        (["--config", "typo.yaml"], "data.batch_sise (in typo.yaml) is not an option. Did you "
-         "mean: data.batch_size?"),
-        ([f"--{NESTED}", "3"], f"{NESTED} (command line): salt.models.Transformer has no "
-         "option 'num_layer'. Did you mean: num_layers?"),
-        (["--config", "nested.yaml"], f"{NESTED} (in nested.yaml): salt.models.Transformer has "
-         "no option 'num_layer'. Did you mean: num_layers?"),
-    ],
-    ids=["unknown-key", "wrong-type", "missing-variable", "unknown-key-in-file", "typo-in-file",
-         "nested-typo", "nested-typo-in-file"],
-)  # fmt: skip
-def test_config_error_stops_before_training_and_names_it(demo, tmp_path, args, expected):
-    (tmp_path / "bad.yaml").write_text("trainer:\n  max_epoch: 3\n")
-    (tmp_path / "typo.yaml").write_text("data:\n  batch_sise: 3\n")
-    nested = "model:\n  model:\n    init_args:\n      encoder:\n        init_args:\n"
-    (tmp_path / "nested.yaml").write_text(nested + "          num_layer: 3\n")
-    result = run_salt(fit(demo, "GN2", *args), tmp_path, check=False)
-    assert result.returncode != 0
+@pytest.mark.parametrize("case", list(PARSE_CASES))
+def test_config_error_stops_before_training_and_names_it(parsed, case):
+    result, expected = parsed[case], PARSE_CASES[case][1]
+    assert result.returncode == 2
     assert expected in result.stderr
     assert "Traceback" not in result.stderr
-    assert not (tmp_path / "logs").exists()
-    if "Did you mean" in expected:  # a typo: usage, tip and one or two lines, no Union dump
+    assert not (parsed["cwd"] / "logs").exists()
+    if MISSPELT in expected:  # a typo: usage, tip and one or two lines, no Union dump
         assert len(result.stderr.strip().splitlines()) <= 4, result.stderr
         assert "Union" not in result.stderr
 
