@@ -248,7 +248,7 @@ class Check:
         folder = self.work / "data"
         jets = self.sizes["jets"]
         train, done = folder / "pp_output_train.h5", folder / "written.json"
-        command = [self.python, "-m", "salt.data.demo", str(folder), "--num-jets", str(jets),
+        command = [self.python, "-m", "salt.demo", str(folder), "--num-jets", str(jets),
                    "--seed", "1"]  # fmt: skip
         reused = done.is_file() and train.is_file() and json.loads(done.read_text()) == command
         if reused:  # a rerun on the same machine: the same files are there

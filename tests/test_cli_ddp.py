@@ -19,7 +19,7 @@ from tests.cli_support import (
     read_probe,
     train_batches,
 )
-from tests.conftest import data_args, run_salt
+from tests.conftest import data_args, only_run_dir, run_salt
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def ddp_run(demo, tmp_path_factory) -> dict:
          "--trainer.strategy", "ddp", "--tag", *probe_args(probe)],
         cwd, env={**probe_env(code), **GIT_IDENTITY},
     )  # fmt: skip
-    (run_dir,) = (cwd / "logs").iterdir()
+    run_dir = only_run_dir(cwd)
     return {"result": result, "run_dir": run_dir, "probe": read_probe(probe), "remote": remote}
 
 

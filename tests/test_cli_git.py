@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from tests.cli_support import GIT_IDENTITY, PACKAGE, git, make_code_repo
-from tests.conftest import data_args, run_salt
+from tests.conftest import data_args, only_run_dir, run_salt
 
 TINY = [
     "--data.num_train", "500", "--data.num_val", "250", "--data.batch_size", "250",
@@ -39,11 +39,6 @@ def salt_from(code: Path, demo, cwd: Path, *extra: str, check: bool = True):
 def remote_tags(remote: Path) -> list[str]:
     out = git(remote, "for-each-ref", "--format=%(refname:short)", "refs/tags")
     return out.split()
-
-
-def only_run_dir(cwd: Path) -> Path:
-    (run_dir,) = (cwd / "logs").iterdir()
-    return run_dir
 
 
 def metadata(run_dir: Path) -> dict:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 import re
 import socket
 import subprocess
@@ -21,10 +22,10 @@ import torch
 import yaml
 
 from salt import helpcache
+from salt.cli import cpu_has_native_bf16
 from salt.gitcheck import code_repo
-from salt.main import _cpu_has_native_bf16
 from tests.cli_support import probe_args, probe_env, read_probe
-from tests.conftest import data_args, run_salt
+from tests.conftest import data_args, only_run_dir, run_dirs, run_salt, run_salt_many
 
 SMALL = ["--data.num_train", "500", "--data.num_val", "250", "--data.batch_size", "250"]
 CKPT_NAME = re.compile(r"^epoch=(\d{3})-val_loss=(\d+\.\d{5})\.ckpt$")
@@ -32,11 +33,6 @@ CKPT_NAME = re.compile(r"^epoch=(\d{3})-val_loss=(\d+\.\d{5})\.ckpt$")
 
 def fit(demo, config: str = "GN2", *extra: str) -> list[str]:
     return ["fit", "--config", f"configs/{config}.yaml", *data_args(demo), "--force", *extra]
-
-
-def run_dirs(cwd: Path) -> list[Path]:
-    logs = cwd / "logs"
-    return sorted(p for p in logs.iterdir() if p.is_dir()) if logs.exists() else []
 
 
 def ckpt(run_dir: Path, epoch: int) -> Path:
@@ -65,8 +61,10 @@ def gn2_run(demo, tmp_path_factory) -> dict:
     cwd = tmp_path_factory.mktemp("gn2_run")
     # dropout on: a resume is only exact if the dropout RNG comes back from the checkpoint
     dropout = ["--model.model.init_args.encoder.init_args.dropout", "0.1"]
-    result = run_salt(fit(demo, "GN2", *SMALL, *dropout, "--trainer.max_epochs", "2"), cwd)
-    (run_dir,) = run_dirs(cwd)
+    # stdout is a pipe: progress comes as lines, here one after every batch (0.0001 min)
+    lines = ["--progress_minutes", "0.0001"]
+    result = run_salt(fit(demo, "GN2", *SMALL, *dropout, *lines, "--trainer.max_epochs", "2"), cwd)
+    run_dir = only_run_dir(cwd)
     return {"cwd": cwd, "run_dir": run_dir, "result": result}
 
 
@@ -111,14 +109,56 @@ def test_help_cache_key_follows_the_config_files(tmp_path, monkeypatch):
     assert helpcache._key(argv) != key  # the same name in another folder is another file
 
 
-# ----------------------------------------------------------------------------- config merging
-def test_base_is_merged_first_then_configs_and_arguments_in_order(tmp_path):
-    (tmp_path / "later.yaml").write_text("data:\n  batch_size: 9\ntrainer:\n  max_epochs: 3\n")
-    result = run_salt(
-        ["fit", "--config", "configs/DL1.yaml", "--data.batch_size", "7", "--config",
-         "later.yaml", "--trainer.max_epochs", "5", "--print_config"],
-        tmp_path,
-    )  # fmt: skip
+# ----------------------------------------------------------------------------- parsing
+NESTED = "model.model.init_args.encoder.init_args.num_layer"
+MISSPELT = "Did you mean"
+#: command lines that stop while they are read, and what salt must say (one process for all)
+PARSE_CASES = {
+    "unknown-key": (["--trainer.max_epoch", "1"], "Did you mean: --trainer.max_epochs"),
+    "wrong-type": (["--data.batch_size", "many"], 'Parser key "data.batch_size"'),
+    "missing-variable": (["--data.variables.tracks", "[d0,not_a_variable]"], "not_a_variable"),
+    "unknown-key-in-file": (
+        ["--config", "bad.yaml"],
+        "trainer.max_epoch (in bad.yaml) is not an option. Did you mean: trainer.max_epochs?",
+    ),
+    "typo-in-file": (
+        ["--config", "typo.yaml"],
+        "data.batch_sise (in typo.yaml) is not an option. Did you mean: data.batch_size?",
+    ),
+    "nested-typo": (
+        [f"--{NESTED}", "3"],
+        f"{NESTED} (command line): salt.models.Transformer has no option 'num_layer'. Did you "
+        "mean: num_layers?",
+    ),
+    "nested-typo-in-file": (
+        ["--config", "nested.yaml"],
+        f"{NESTED} (in nested.yaml): salt.models.Transformer has no option 'num_layer'. Did "
+        "you mean: num_layers?",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def parsed(demo, tmp_path_factory) -> dict:
+    """Every PARSE_CASES command line and the config-merging one, run in one salt process."""
+    cwd = tmp_path_factory.mktemp("parse")
+    (cwd / "bad.yaml").write_text("trainer:\n  max_epoch: 3\n")
+    (cwd / "typo.yaml").write_text("data:\n  batch_sise: 3\n")
+    nested = "model:\n  model:\n    init_args:\n      encoder:\n        init_args:\n"
+    (cwd / "nested.yaml").write_text(nested + "          num_layer: 3\n")
+    (cwd / "later.yaml").write_text("data:\n  batch_size: 9\ntrainer:\n  max_epochs: 3\n")
+    commands = {case: fit(demo, "GN2", *args) for case, (args, _) in PARSE_CASES.items()}
+    commands["merged"] = [
+        "fit", "--config", "configs/DL1.yaml", "--data.batch_size", "7", "--config",
+        "later.yaml", "--trainer.max_epochs", "5", "--print_config",
+    ]  # fmt: skip
+    results = run_salt_many(list(commands.values()), cwd)
+    return {"cwd": cwd, **dict(zip(commands, results))}
+
+
+def test_base_is_merged_first_then_configs_and_arguments_in_order(parsed):
+    result = parsed["merged"]
+    assert result.returncode == 0, result.stderr
     config = yaml.safe_load(result.stdout)
     assert config["seed_everything"] == 42  # from base.yaml, never named
     assert config["data"]["num_workers"] == 0  # base.yaml
@@ -127,30 +167,22 @@ def test_base_is_merged_first_then_configs_and_arguments_in_order(tmp_path):
     assert config["trainer"]["max_epochs"] == 5  # a later argument overrides a config
 
 
-# ----------------------------------------------------------------------------- config errors
-@pytest.mark.parametrize(
-    ("args", "expected"),
-    [
-        (["--trainer.max_epoch", "1"], "Did you mean: --trainer.max_epochs"),
-        (["--data.batch_size", "many"], 'Parser key "data.batch_size"'),
-        (["--data.variables.tracks", "[d0,not_a_variable]"], "not_a_variable"),
-        (["--config", "bad.yaml"], "max_epoch"),
-    ],
-    ids=["unknown-key", "wrong-type", "missing-variable", "unknown-key-in-file"],
-)
-def test_config_error_stops_before_training_and_names_it(demo, tmp_path, args, expected):
-    (tmp_path / "bad.yaml").write_text("trainer:\n  max_epoch: 3\n")
-    result = run_salt(fit(demo, "GN2", *args), tmp_path, check=False)
-    assert result.returncode != 0
+@pytest.mark.parametrize("case", list(PARSE_CASES))
+def test_config_error_stops_before_training_and_names_it(parsed, case):
+    result, expected = parsed[case], PARSE_CASES[case][1]
+    assert result.returncode == 2
     assert expected in result.stderr
     assert "Traceback" not in result.stderr
-    assert not (tmp_path / "logs").exists()
+    assert not (parsed["cwd"] / "logs").exists()
+    if MISSPELT in expected:  # a typo: usage, tip and one or two lines, no Union dump
+        assert len(result.stderr.strip().splitlines()) <= 4, result.stderr
+        assert "Union" not in result.stderr
 
 
 def test_cpu_bf16_detection_reads_the_flags():
-    assert not _cpu_has_native_bf16("processor : 0\nflags\t\t: fpu sse avx2 fma\n")
-    assert _cpu_has_native_bf16("flags\t\t: fpu avx2 avx512f avx512_bf16\n")
-    assert _cpu_has_native_bf16("flags\t\t: fpu avx2 amx_bf16 amx_tile\n")
+    assert not cpu_has_native_bf16("processor : 0\nflags\t\t: fpu sse avx2 fma\n")
+    assert cpu_has_native_bf16("flags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    assert cpu_has_native_bf16("flags\t\t: fpu avx2 amx_bf16 amx_tile\n")
 
 
 # ----------------------------------------------------------------------------- dev runs
@@ -184,18 +216,36 @@ def test_limit_val_batches_counts_batches_or_a_fraction(demo, tmp_path, limit, e
     records = read_probe(probe)[0]
     assert sum(r["event"] == "val_batch" for r in records) == expected
     assert sum(r["event"] == "train_batch" for r in records) == 2
+    # metadata.yaml: the jets in the files, those selected (num_*) and those an epoch used
+    data = yaml.safe_load((only_run_dir(tmp_path) / "metadata.yaml").read_text())["data"]
+    assert data["train"]["jets_in_files"] == 6000 and data["train"]["num_jets"] == 600
+    assert data["train"]["batches_per_epoch"] == 2 and data["train"]["jets_per_epoch"] == 60
+    assert data["val"]["batches_per_epoch"] == expected
+    assert data["val"]["jets_per_epoch"] == 30 * expected
 
 
 def test_trainer_options_and_precision_warnings(demo, tmp_path):
+    """Options reach Lightning, and each warning is said once; hints that do not apply to a salt
+    run are not said at all (Lightning's `srun` hint, torch's worker count, FLOPs of 0)."""
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "srun").write_text("#!/bin/sh\nexit 0\n")  # on PATH, as on a Slurm login node
+    (fake_bin / "srun").chmod(0o755)
+    workers = str(len(os.sched_getaffinity(0)) + 1)  # more than this process may use
     result = run_salt(
         fit(demo, "DL1", *SMALL, "--trainer.fast_dev_run", "1", "--trainer.accelerator", "cpu",
             "--trainer.devices", "1", "--trainer.precision", "bf16-mixed",
-            "--trainer.gradient_clip_val", "1.0", "--trainer.detect_anomaly", "true"),
-        tmp_path,
+            "--trainer.gradient_clip_val", "1.0", "--trainer.detect_anomaly", "true",
+            "--data.num_workers", workers),
+        tmp_path, env={"PATH": f"{fake_bin}:{os.environ['PATH']}"},
     )  # fmt: skip
     slow = "emulated: training runs about 10x slower"
-    assert (slow in result.stderr) == (not _cpu_has_native_bf16())
-    assert "Epoch 0: 100%" in result.stdout  # the progress bar
+    assert (slow in result.stderr) == (not cpu_has_native_bf16())
+    assert re.search(r"^epoch 1/1  done .* train/loss", result.stdout, re.M)  # progress line
+    assert result.stderr.count(f"data.num_workers = {workers}") == 1
+    assert "DataLoader will create" not in result.stderr  # torch's version of the same fact
+    assert "srun" not in result.stderr
+    assert "Trainable params" in result.stdout and "FLOPs" not in result.stdout
     result = run_salt(
         fit(demo, "DL1", *SMALL, "--trainer.fast_dev_run", "1", "--trainer.precision", "16-mixed",
             "--trainer.enable_progress_bar", "false"),
@@ -203,7 +253,7 @@ def test_trainer_options_and_precision_warnings(demo, tmp_path):
     )  # fmt: skip
     assert "precision 16-mixed can overflow" in result.stderr
     assert "bf16-mixed" in result.stderr
-    assert "Epoch 0: 100%" not in result.stdout  # base.yaml's progress bar dropped, not refused
+    assert "epoch 1/1" not in result.stdout  # base.yaml's progress bar dropped, not refused
 
 
 def test_comet_without_credentials_stops_before_training(demo, tmp_path):
@@ -230,7 +280,23 @@ def test_run_folder_holds_config_metadata_dicts_and_checkpoints(demo, gn2_run):
     assert re.fullmatch(r"GN2_\d{8}-\d{6}", run_dir.name)
     assert f"Run folder: logs/{run_dir.name}" in result.stdout
     assert "Trainable params" in result.stdout  # the model summary
-    assert "jets/s=" in result.stdout  # the progress bar
+    assert (run_dir.parent / "latest").resolve() == run_dir.resolve()
+    # stdout is a pipe: lines, not a bar; one after each batch (--progress_minutes) and epoch
+    assert "\r" not in result.stdout and "Validation" not in result.stdout
+    clock = r"\d+:\d\d:\d\d"
+    for epoch in (1, 2):
+        for batch in (1, 2):
+            assert re.search(
+                rf"^epoch {epoch}/2  batch {batch}/2 +elapsed {clock}  ETA {clock}  "
+                r"[\d,]+ jets/s  train/loss [\d.]+",
+                result.stdout, re.M,
+            ), result.stdout  # fmt: skip
+        assert re.search(
+            rf"^epoch {epoch}/2  done +elapsed {clock}  ETA {clock}  [\d,]+ jets/s  "
+            r"train/loss [\d.]+  val/loss [\d.]+$",
+            result.stdout, re.M,
+        ), result.stdout  # fmt: skip
+    assert re.search(rf"^epoch 2/2  done +elapsed {clock}  ETA 0:00:00 ", result.stdout, re.M)
 
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert config["name"] == "GN2"
@@ -253,11 +319,14 @@ def test_run_folder_holds_config_metadata_dicts_and_checkpoints(demo, gn2_run):
     assert meta["versions"]["torch"] == torch.__version__
     assert {"salt", "lightning"} <= meta["versions"].keys()
     assert meta["resumed_from"] is None
-    for split, jets in [("train", 500), ("val", 250)]:
+    for split, jets, in_file, batches in [("train", 500, 6000, 2), ("val", 250, 600, 1)]:
         (entry,) = meta["data"][split]["files"]
         assert entry["path"] == str(demo[split].resolve())
         assert entry["bytes"] == demo[split].stat().st_size
-        assert meta["data"][split]["num_jets"] == jets
+        assert entry["jets"] == meta["data"][split]["jets_in_files"] == in_file
+        assert meta["data"][split]["num_jets"] == jets  # --data.num_<split>
+        assert meta["data"][split]["jets_per_epoch"] == jets
+        assert meta["data"][split]["batches_per_epoch"] == batches
 
     for name in ("norm_dict", "class_dict"):
         assert (run_dir / f"{name}.yaml").read_bytes() == demo[name].read_bytes()
@@ -271,6 +340,23 @@ def test_run_folder_holds_config_metadata_dicts_and_checkpoints(demo, gn2_run):
         assert match, name
         assert int(match.group(1)) == epoch
         assert float(match.group(2)) == pytest.approx(loss, abs=1e-5)
+
+
+def test_salt_test_takes_logs_latest_and_can_be_repeated(gn2_run):
+    """The README's first command ends in `salt test logs/latest`: run twice, it tests the
+    newest run again, says once that it overwrites, and prints the report once each time."""
+    cwd, run_dir = gn2_run["cwd"], gn2_run["run_dir"]
+    outputs = []
+    for _ in range(2):
+        result = run_salt(["test", "logs/latest"], cwd)
+        outputs.append(result.stdout + result.stderr)
+        assert f"Testing checkpoint {best(run_dir)}" in result.stdout  # the run, not the link
+        assert result.stdout.count("# Evaluation report") == 1
+        assert "NumExpr" not in result.stderr  # numexpr's INFO line
+    assert "Overwriting" not in outputs[0]
+    assert outputs[1].count("Overwriting") == 1
+    (predictions,) = (run_dir / "ckpts").glob("*__test_ttbar.h5")
+    assert predictions.name == f"{best(run_dir).stem}__test_ttbar.h5"
 
 
 def test_config_yaml_reproduces_the_run_exactly(gn2_run):
@@ -297,6 +383,7 @@ def test_resume_from_the_first_epoch_ends_with_the_uninterrupted_weights(gn2_run
     )
     (resumed,) = set(run_dirs(cwd)) - before
     assert f"Resuming from {start}" in result.stdout
+    assert "dirpath has changed" not in result.stderr  # a resume has its own folder, by design
     # the epoch count continues: only the second epoch is trained and saved
     assert [p.name[:9] for p in (resumed / "ckpts").iterdir()] == ["epoch=001"]
     assert_same_weights(ckpt(first, 1), ckpt(resumed, 1))
@@ -364,3 +451,18 @@ def test_salt_validate_and_predict_use_the_best_checkpoint(gn2_run):
     assert f"Predicting checkpoint {best(run_dir)}" in result.stdout
     # evaluation leaves the run's logs alone
     assert sha(run_dir / "metrics.csv") == metrics_before
+
+
+def test_a_pattern_that_matches_two_runs_is_refused_with_both_names(gn2_run):
+    """`salt test --config logs/GN2_*/config.yaml` once there are two runs (the README's first
+    command run twice, before `logs/latest`): say which runs matched, not `unrecognized`."""
+    cwd = gn2_run["cwd"]
+    a, b = run_dirs(cwd)[:2]
+    for args in (["--config", str(a / "config.yaml"), str(b / "config.yaml")], [str(a), str(b)]):
+        result = run_salt(["test", *args], cwd, check=False)
+        assert result.returncode == 2
+        assert str(a) in result.stderr and str(b) in result.stderr
+        assert "salt test logs/latest" in result.stderr
+        assert "unrecognized" not in result.stderr and "Traceback" not in result.stderr
+    result = run_salt(["test", "logs/no_such_run"], cwd, check=False)
+    assert result.returncode == 2 and "no such run folder" in result.stderr

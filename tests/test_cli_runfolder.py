@@ -7,6 +7,7 @@ import re
 import time
 
 import pytest
+import torch
 
 from salt.callbacks import runfolder
 
@@ -62,19 +63,50 @@ def test_srun_with_several_tasks_names_the_folder_by_the_job(tmp_path, monkeypat
     assert runfolder.choose_run_dir(tmp_path, "GN2") == tmp_path / "GN2_job777"
 
 
+def save_checkpoint(path, value: float) -> None:
+    """A small checkpoint with the parts a resume needs."""
+    state = {"w": torch.full((4,), value)}
+    torch.save({"state_dict": state, "loops": {}, "optimizer_states": []}, path)
+
+
 def test_auto_resume_takes_the_newest_checkpoint_once_for_all_ranks(tmp_path):
     ckpts = tmp_path / "ckpts"
     ckpts.mkdir()
     assert runfolder.auto_resume_checkpoint(tmp_path) is None
     assert os.environ["SALT_AUTO_CKPT"] == ""  # the ranks started later must not look again
-    (ckpts / "epoch=000-val_loss=1.00000.ckpt").write_text("a")
+    save_checkpoint(ckpts / "epoch=000-val_loss=1.00000.ckpt", 0.0)
     assert runfolder.auto_resume_checkpoint(tmp_path) is None
     del os.environ["SALT_AUTO_CKPT"]
     time.sleep(0.01)
     newest = ckpts / "interrupted-epoch=001-step=7.ckpt"
-    newest.write_text("b")
+    save_checkpoint(newest, 1.0)
     assert runfolder.auto_resume_checkpoint(tmp_path) == str(newest)
     assert os.environ["SALT_AUTO_CKPT"] == str(newest)
+
+
+def test_auto_resume_skips_checkpoints_that_do_not_load_and_says_why(tmp_path, caplog):
+    """A requeued job after a crash mid-write: the newest file is cut short, the one before is
+    whole. (salt writes atomically; files of older versions or other tools may still be cut.)"""
+    ckpts = tmp_path / "ckpts"
+    ckpts.mkdir()
+    good = ckpts / "epoch=000-val_loss=1.00000.ckpt"
+    save_checkpoint(good, 0.0)
+    time.sleep(0.01)
+    truncated = ckpts / "epoch=001-val_loss=0.90000.ckpt"
+    save_checkpoint(truncated, 1.0)
+    data = truncated.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    time.sleep(0.01)
+    (ckpts / "not_lightning.ckpt").write_bytes(b"")  # empty: a write that never got going
+    leftover = ckpts / ".epoch=002-val_loss=0.80000.ckpt.4242.tmp"  # a write cut short
+    leftover.write_bytes(data[:100])
+    with caplog.at_level("WARNING"):
+        assert runfolder.auto_resume_checkpoint(tmp_path) == str(good)
+    skipped = [r.getMessage() for r in caplog.records if "skipping checkpoint" in r.getMessage()]
+    assert len(skipped) == 2
+    assert any(str(truncated) in m and "does not load" in m for m in skipped)
+    assert not leftover.exists()
+    assert any(str(leftover) in r.getMessage() for r in caplog.records)
 
 
 def test_an_earlier_metrics_file_is_kept(tmp_path):

@@ -22,7 +22,7 @@ import psutil
 import torch
 
 from tests.cli_support import probe_args, probe_env, read_probe, train_batches, wait_for_batches
-from tests.conftest import data_args, run_salt
+from tests.conftest import data_args, only_run_dir, run_dirs, run_salt
 
 BATCHES = 60  # 6000 training jets in batches of 100
 
@@ -65,7 +65,7 @@ def interrupt(demo, tmp_path: Path, signum: int, *extra: str) -> dict:
             os.killpg(proc.pid, signal.SIGKILL)
     time.sleep(0.2)  # let the kernel reap what the main process's death took with it
     alive = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
-    (run_dir,) = (cwd / "logs").iterdir()
+    run_dir = only_run_dir(cwd)
     return {
         "cwd": cwd, "probe": probe, "fast": fast, "run_dir": run_dir, "rc": proc.returncode,
         "stdout": out, "stderr": err, "names": names, "alive": alive, "copies": copies,
@@ -102,7 +102,7 @@ def test_sigterm_mid_epoch_saves_stops_workers_removes_copies_and_resumes(demo, 
          "--trainer.callbacks.delay", "0"],
         cwd, env=probe_env(),
     )  # fmt: skip
-    resumed = next(d for d in (cwd / "logs").iterdir() if d != run_dir)
+    resumed = next(d for d in run_dirs(cwd) if d != run_dir)
     (final,) = (resumed / "ckpts").glob("epoch=000-*.ckpt")
     batches = train_batches(read_probe(probe)[0])
     assert len(batches) > seen
@@ -117,7 +117,7 @@ def test_sigterm_mid_epoch_saves_stops_workers_removes_copies_and_resumes(demo, 
          "--trainer.callbacks.out_dir", str(tmp_path / "probe_ref")],
         cwd, env=probe_env(),
     )  # fmt: skip
-    reference = next(d for d in (cwd / "logs").iterdir() if d not in (run_dir, resumed))
+    reference = next(d for d in run_dirs(cwd) if d not in (run_dir, resumed))
     (ref_final,) = (reference / "ckpts").glob("epoch=000-*.ckpt")
     a = torch.load(final, map_location="cpu", weights_only=False)["state_dict"]
     b = torch.load(ref_final, map_location="cpu", weights_only=False)["state_dict"]

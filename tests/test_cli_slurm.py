@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from tests.cli_support import TESTS, probe_args, read_probe, train_batches, wait_for_batches
-from tests.conftest import data_args
+from tests.conftest import data_args, run_dirs
 
 REPO = TESTS.parent
 SLURM = REPO / "submit" / "submit_slurm.sh"
@@ -169,7 +169,7 @@ def test_slurm_job_requeues_on_the_time_limit_signal_and_resumes(demo, tmp_path,
     )  # fmt: skip
     assert restart.returncode == 0, restart.stderr[-3000:]
     assert f"Resuming from {interrupted.relative_to(cwd)} (the newest checkpoint" in restart.stdout
-    assert [p.name for p in (cwd / "logs").iterdir()] == ["DL1_job4242"]
+    assert [p.name for p in run_dirs(cwd)] == ["DL1_job4242"]
     assert list((run_dir / "ckpts").glob("epoch=000-*.ckpt"))
     meta = yaml.safe_load((run_dir / "metadata.yaml").read_text())
     assert meta["resumed_from"] == str(interrupted.resolve())

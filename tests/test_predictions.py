@@ -11,37 +11,15 @@ import pytest
 from ftag.hdf5 import H5Reader
 
 from salt.callbacks.predictionwriter import output_path, sample_name
-from tests.conftest import data_args, run_salt
+from tests.conftest import run_salt
 
 ORIGINS = ["Pileup", "Fake", "Primary", "FromB", "FromBC", "FromC", "FromTau", "OtherSecondary"]
 
 
-@pytest.fixture(scope="module")
-def trained(demo, tmp_path_factory) -> Path:
-    """A GN2 run folder with two epochs of checkpoints."""
-    cwd = tmp_path_factory.mktemp("pred")
-    run_salt(
-        [
-            "fit",
-            "--config",
-            "configs/GN2.yaml",
-            *data_args(demo),
-            "--force",
-            "--data.num_train",
-            "1500",
-            "--data.num_val",
-            "500",
-            "--data.batch_size",
-            "250",
-            "--trainer.max_epochs",
-            "2",
-            "--trainer.enable_model_summary",
-            "false",
-        ],
-        cwd,
-    )
-    (run_dir,) = (cwd / "logs").iterdir()
-    return run_dir
+@pytest.fixture
+def trained(trained_run) -> Path:
+    """A copy of the session's GN2 run folder (two epochs of checkpoints, conftest)."""
+    return trained_run("GN2")
 
 
 def best_ckpt(run_dir: Path) -> Path:
@@ -137,3 +115,16 @@ def test_tracks_half_precision_limits_and_suffix(trained, demo):
     slots = np.broadcast_to(np.arange(40), valid.shape)
     assert ((vertex[valid] >= 0) & (vertex[valid] <= slots[valid])).all()
     np.testing.assert_array_equal(tracks["ftagTruthOriginLabel"], truth["ftagTruthOriginLabel"])
+
+
+def test_regression_outputs_are_named_by_the_model(trained_run):
+    """`<model>_<target>` for plain and Gaussian regression alike, as in ONNX (output_fields)."""
+    run = trained_run("regression")
+    run_salt(["test", str(run)], run.parent.parent)
+    (path,) = (run / "ckpts").glob("*__test_ttbar.h5")
+    with h5py.File(path) as f:
+        jets = f["jets"][:]
+    pt, lxy = "GN2reg_HadronConeExclTruthLabelPt", "GN2reg_HadronConeExclTruthLabelLxy"
+    assert {"GN2reg_pb", pt, lxy, f"{lxy}_stddev"} <= set(jets.dtype.names)
+    assert not [n for n in jets.dtype.names if n.startswith("hadron_")]
+    assert np.isfinite(jets[pt]).all() and (jets[f"{lxy}_stddev"] > 0).all()

@@ -286,10 +286,84 @@ def test_several_files_one_roc(tmp_path, monkeypatch):
     assert report["reference"] == "weak"
     weak, strong = (m["working_points"][1]["light_rej"] for m in report["models"])
     assert strong > weak
-    assert files.roc == tmp_path / "out" / "a__test_ttbar__roc.png"
+    assert files.roc == tmp_path / "out" / "compare_weak_vs_strong__test_ttbar__roc.png"
     assert files.roc.stat().st_size > 10_000
-    assert len(files.track_origin) == 2
+    assert [p.name for p in files.track_origin] == [
+        "compare_weak_vs_strong__test_ttbar__track_origin_weak.png",
+        "compare_weak_vs_strong__test_ttbar__track_origin_strong.png",
+    ]
     assert "light / weak" in files.markdown.read_text()
+
+
+def test_a_comparison_keeps_the_single_model_report_and_lists_every_file(tmp_path, capsys):
+    """`salt plot a.h5` then `salt plot a.h5 b.h5`: the second must not overwrite the first."""
+    a = write_prediction_file(tmp_path / "a__test_ttbar.h5", seed=1, separation=1.0)
+    b = write_prediction_file(tmp_path / "b__test_ttbar.h5", seed=2, separation=2.0)
+    main([str(a), "-q"])
+    single = {p: p.read_bytes() for p in tmp_path.glob("a__test_ttbar__*")}
+    assert {p.name for p in single} == {
+        "a__test_ttbar__report.md", "a__test_ttbar__report.json", "a__test_ttbar__roc.png",
+        "a__test_ttbar__track_origin.png",
+    }  # fmt: skip
+    capsys.readouterr()
+    main([str(a), str(b)])
+    out = capsys.readouterr().out
+    assert {p: p.read_bytes() for p in tmp_path.glob("a__test_ttbar__*")} == single
+    written = sorted(p.name for p in tmp_path.glob("compare_*"))
+    assert written == sorted(
+        f"compare_a_vs_b__test_ttbar__{end}"
+        for end in ("report.md", "report.json", "roc.png", "track_origin_a.png",
+                    "track_origin_b.png")
+    )  # fmt: skip
+    listed = out.strip().splitlines()[-1]
+    assert all(name in listed for name in written), listed
+
+
+def test_checkpoints_of_one_run_are_labelled_by_epoch_and_the_ratio_label_is_short(tmp_path):
+    from salt.evaluation.plots import RATIO_LABEL_CHARS, RocCurves, roc_figure
+
+    ckpts = tmp_path / "logs" / "GN2_20260101-120000" / "ckpts"
+    ckpts.mkdir(parents=True)
+    a = write_prediction_file(ckpts / "epoch=001-val_loss=0.65432__test_ttbar.h5", seed=1)
+    b = write_prediction_file(ckpts / "epoch=003-val_loss=0.61234__test_ttbar.h5", seed=2)
+    report = read_json(make_report([a, b], verbose=False))
+    assert [m["label"] for m in report["models"]] == ["epoch=001", "epoch=003"]
+
+    eff = np.linspace(0.5, 1.0, 21)
+    curve = {"ujets": 4 / (1.01 - eff), "cjets": 2 / (1.01 - eff)}
+    n_bkg = {"ujets": 900, "cjets": 900}
+    for label, expected in [
+        ("GN2", "Ratio to GN2"),
+        ("epoch=001-val_loss=0.65432__test_ttbar", "Ratio to reference"),
+    ]:
+        models = [RocCurves(label, eff, curve, n_bkg), RocCurves("other", eff, curve, n_bkg)]
+        plot = roc_figure(models, "tag")
+        (text,) = [t for t in plot.fig.texts if t.get_text().startswith("Ratio to")]
+        assert text.get_text() == expected
+        assert len(text.get_text()) <= len("Ratio to ") + RATIO_LABEL_CHARS
+        # the label stays beside the ratio panels, below the main panel
+        renderer = plot.fig.canvas.get_renderer()
+        top = text.get_window_extent(renderer).y1
+        assert top <= plot.axis_top.get_window_extent(renderer).y0 + 1
+        legend = [t.get_text() for t in plot.axis_top.get_legend().get_texts()]
+        if "reference" in expected:
+            assert legend[0].endswith("(reference)")
+
+
+def test_a_long_confusion_matrix_title_stays_inside_the_figure():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from salt.evaluation.plots import confusion_figure
+
+    counts = np.diag(np.arange(1, len(ORIGINS) + 1)) + 1
+    label = "GN2 with twelve heads and a much longer training on the full ttbar sample, rerun"
+    fig = confusion_figure(metrics.confusion_summary(counts), label)
+    FigureCanvasAgg(fig).draw()
+    title = fig.axes[0].title
+    box = title.get_window_extent(fig.canvas.get_renderer())
+    width, height = fig.bbox.width, fig.bbox.height
+    assert box.x0 >= 0 and box.x1 <= width and box.y1 <= height, (box, width, height)
+    assert label.split()[0] in title.get_text() and "accuracy" in title.get_text()
 
 
 def test_without_tracks_and_ptau(tmp_path):

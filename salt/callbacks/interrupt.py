@@ -7,6 +7,9 @@ Lightning stops after the current batch on SIGTERM but exits 0 and saves nothing
   batch), saves `ckpts/interrupted-epoch=NNN-step=N.ckpt` once training has started, stops the
   dataloader workers, and `salt` exits with 128 + the signal number, printing the command that
   resumes. A second Ctrl-C aborts without waiting (and without a checkpoint).
+* an input error met mid-training (a damaged HDF5 chunk: a SaltError from the dataloader) first
+  saves the same `interrupted-...` checkpoint, then `salt` exits 2 with the error and the resume
+  command;
 * SIGUSR1 inside a Slurm job (`#SBATCH --signal=USR1@120`, see submit/submit_slurm.sh) does the
   same and then requeues the job (`scontrol requeue`); the requeued job resumes from that
   checkpoint in the same run folder.
@@ -149,19 +152,63 @@ class Interruption(Callback):
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if STATE.signal is None and not isinstance(exception, KeyboardInterrupt):
+            if _is_input_error(exception) and STATE.training:
+                self._save_after_input_error(trainer)
             return
         STATE.training = False
         STATE.started = STATE.started or trainer.global_step > 0
         if STATE.interrupts > 1:  # a second Ctrl-C: the step may be half done, save nothing
             return
-        ckpt_dir = getattr(trainer.checkpoint_callback, "dirpath", None)
-        if not STATE.started or not ckpt_dir or trainer.fast_dev_run:
+        path = _interrupted_path(trainer)
+        if path is None:
             return
-        path = Path(ckpt_dir) / (
-            f"interrupted-epoch={trainer.current_epoch:03d}-step={trainer.global_step}.ckpt"
-        )
         # every rank calls it (it ends in a barrier); only rank 0 writes
         trainer.save_checkpoint(path, weights_only=False)
         STATE.checkpoint = path
         if trainer.is_global_zero:
             log.warning("saved %s", path)
+
+    @staticmethod
+    def _save_after_input_error(trainer) -> None:
+        """Keep the work done before a batch that cannot be read (a damaged HDF5 chunk, say).
+
+        The error comes from fetching the next batch, between two steps, so the state is that
+        of the last finished batch; a resume (with the file repaired or replaced) starts with
+        the batch that failed. Under DDP only the rank that met the error is here, while the
+        others wait in the next collective: rank 0 writes its copy of the (identical) weights
+        without the barrier of `trainer.save_checkpoint`; on another rank nothing is saved.
+        """
+        STATE.training = False
+        STATE.started = STATE.started or trainer.global_step > 0
+        path = _interrupted_path(trainer)
+        if path is None or not trainer.is_global_zero:
+            return
+        try:
+            if trainer.world_size == 1:
+                trainer.save_checkpoint(path, weights_only=False)
+            else:
+                checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+                trainer.strategy.checkpoint_io.save_checkpoint(checkpoint, path)
+        except Exception as err:  # the input error is what the user must see first
+            log.warning("could not save the training so far to %s: %s", path, err)
+            return
+        STATE.checkpoint = path
+        log.warning("saved %s before stopping", path)
+
+
+def _interrupted_path(trainer) -> Path | None:
+    """`<ckpts>/interrupted-epoch=NNN-step=N.ckpt`, or None when there is nothing to save."""
+    ckpt_dir = getattr(trainer.checkpoint_callback, "dirpath", None)
+    if not STATE.started or not ckpt_dir or trainer.fast_dev_run:
+        return None
+    return Path(ckpt_dir) / (
+        f"interrupted-epoch={trainer.current_epoch:03d}-step={trainer.global_step}.ckpt"
+    )
+
+
+def _is_input_error(exception: BaseException) -> bool:
+    """A problem with the data that salt explains (not a failed checkpoint write or a bug)."""
+    from salt.callbacks.checkpoint import CheckpointWriteError
+    from salt.errors import SaltError
+
+    return isinstance(exception, SaltError) and not isinstance(exception, CheckpointWriteError)

@@ -14,13 +14,7 @@ import numpy as np
 from lightning.pytorch.callbacks import Callback
 
 from salt.data.h5files import open_h5
-from salt.export.outputs import class_field
-from salt.models.tasks import (
-    ClassificationTask,
-    GaussianRegressionTask,
-    RegressionTask,
-    VertexingTask,
-)
+from salt.export.outputs import output_fields
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +88,8 @@ class PredictionWriter(Callback):
         if trainer.ckpt_path is None:
             raise RuntimeError("PredictionWriter needs the checkpoint path to name its output")
         self.path = output_path(trainer.ckpt_path, data.sources["test"][0], data.test_suff)
+        # named before the test loop: a clash of names stops here, not after the inference
+        self.fields = output_fields(self.model, self.name, for_file=True)
         self.outputs: list[dict] = []
         self.valid: list[np.ndarray] = []
 
@@ -132,52 +128,30 @@ class PredictionWriter(Callback):
 
     # ----------------------------------------------------------------------------- fields
     def _jet_outputs(self) -> dict[str, np.ndarray]:
+        """`(N,)` float32 per jet-level output, named by `salt.export.outputs.output_fields`."""
         fields: dict[str, np.ndarray] = {}
-        first_classifier = True
-        for task in self.model.tasks:
-            if task.input_name != self.model.global_object:
-                continue
-            if isinstance(task, ClassificationTask):
-                prefix = self.name if first_classifier else task.name
-                first_classifier = False
-                probs = self._collect(task.name, "probs").astype(np.float32)
-                for i, cls in enumerate(task.class_names):
-                    fields[class_field(prefix, cls)] = probs[:, i]
-            elif isinstance(task, RegressionTask):
-                gaussian = isinstance(task, GaussianRegressionTask)
-                prefix = task.name if gaussian else self.name
-                values = self._collect(task.name, "values")
-                for i, target in enumerate(task.targets):
-                    fields[f"{prefix}_{target}"] = values[:, i].astype(np.float32)
-                if gaussian:
-                    stddev = self._collect(task.name, "stddev")
-                    for i, target in enumerate(task.targets):
-                        fields[f"{prefix}_{target}_stddev"] = stddev[:, i].astype(np.float32)
+        for source in self.fields:
+            if source.constituent is None:
+                values = self._collect(source.task, source.key)
+                fields[source.name] = values[:, source.column].astype(np.float32)
         return fields
 
     def _track_outputs(self, valid: np.ndarray) -> dict[str, np.ndarray]:
+        """`(N, T)` per track-level output: probabilities (float32, 0 in padding), classes and
+        vertex indices (int32, -1 in padding). `valid` is `(N, T)` bool."""
         fields: dict[str, np.ndarray] = {}
-
-        def scatter(packed: np.ndarray, fill, dtype) -> np.ndarray:
-            out = np.full(valid.shape, fill, dtype)
-            out[valid] = packed
-            return out
-
-        for task in self.model.tasks:
-            if task.input_name != self._tracks_name():
+        for source in self.fields:
+            if source.constituent != self._tracks_name():
                 continue
-            if isinstance(task, ClassificationTask):
-                probs = self._collect(task.name, "probs")
-                for i, cls in enumerate(task.class_names):
-                    fields[f"{self.name}_p{cls}"] = scatter(probs[:, i], 0.0, np.float32)
-                aux = "TrackOrigin" if task.label == "ftagTruthOriginLabel" else task.name
-                fields[f"{self.name}_aux_{aux}"] = scatter(
-                    self._collect(task.name, "argmax"), -1, np.int32
-                )
-            elif isinstance(task, VertexingTask):
-                fields[f"{self.name}_aux_VertexIndex"] = scatter(
-                    self._collect(task.name, "vertex_index"), -1, np.int32
-                )
+            packed = self._collect(source.task, source.key)  # (n_valid, ...) over the file
+            if source.column is not None:
+                packed = packed[:, source.column]
+            probability = source.key == "probs"
+            out = np.full(
+                valid.shape, 0.0 if probability else -1, np.float32 if probability else np.int32
+            )
+            out[valid] = packed
+            fields[source.name] = out
         return fields
 
     def _with_extras(self, name, n_jets, defaults, fields) -> np.ndarray:
@@ -213,7 +187,6 @@ class PredictionWriter(Callback):
         from ftag.hdf5 import H5Writer
 
         if self.path.exists():
-            log.warning("overwriting %s", self.path)
             print(f"Overwriting {self.path}")
         writer = H5Writer(
             dst=self.path,

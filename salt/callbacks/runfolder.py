@@ -2,12 +2,13 @@
 
     logs/<name>_<YYYYMMDD-hhmmss>/     config.yaml  metadata.yaml  norm_dict.yaml  class_dict.yaml
                                        metrics.csv  ckpts/epoch=NNN-val_loss=X.XXXXX.ckpt
+    logs/latest                        a link to the newest run folder (`salt test logs/latest`)
 
 Every process of a run must agree on the folder: `salt fit` exports `SALT_RUN_DIR`, which the
 DDP ranks Lightning starts inherit. Batch jobs pin it themselves: `SALT_RUN_ID` replaces the
 timestamp (the Slurm script sets it from the job id, so a requeued job finds its folder again),
 or `SALT_RUN_DIR` gives the whole path. A pinned folder that holds checkpoints is resumed from
-the newest one.
+the newest one that loads.
 """
 
 from __future__ import annotations
@@ -27,11 +28,14 @@ import yaml
 from lightning.pytorch.cli import SaveConfigCallback
 
 import salt
+from salt.callbacks.checkpoint import TMP_SUFFIX, loadable
 
 log = logging.getLogger(__name__)
 
 # a folder this process created for its run, removed again if the run ends before writing to it
 _reserved: list[Path] = []
+#: `<root>/latest`: a link to the newest run folder started in `<root>`
+LATEST = "latest"
 
 
 def choose_run_dir(root: Path, name: str) -> Path:
@@ -76,23 +80,60 @@ def release_unused() -> None:
             path.rmdir()
 
 
-def newest_checkpoint(ckpt_dir: Path) -> Path | None:
-    """The most recently written checkpoint in `ckpt_dir` (an interruption's or an epoch's)."""
-    ckpts = [p for p in Path(ckpt_dir).glob("*.ckpt") if p.is_file()]
-    return max(ckpts, key=lambda p: p.stat().st_mtime_ns) if ckpts else None
+def newest_checkpoint(ckpt_dir: Path, report: bool = False) -> Path | None:
+    """The most recently written checkpoint in `ckpt_dir` that loads (an interruption's or an
+    epoch's).
+
+    Newer files that do not load (truncated by a crash before salt wrote atomically, damaged on
+    disk) are skipped; with `report`, salt says which and why. Temporary files of a write that
+    was cut short (`.<name>.<pid>.tmp`) are removed.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    for tmp in ckpt_dir.glob(f".*{TMP_SUFFIX}"):
+        tmp.unlink(missing_ok=True)
+        if report:
+            log.warning("removed %s, left by a checkpoint write that was cut short", tmp)
+    ckpts = [p for p in ckpt_dir.glob("*.ckpt") if p.is_file()]
+    for path in sorted(ckpts, key=lambda p: p.stat().st_mtime_ns, reverse=True):
+        problem = loadable(path)
+        if problem is None:
+            return path
+        if report:
+            log.warning("skipping checkpoint %s: it %s", path, problem)
+    return None
 
 
 def auto_resume_checkpoint(run_dir: Path) -> str | None:
     """The checkpoint to resume a pinned run folder from, decided once for all ranks.
 
-    The process that decides exports the choice as `SALT_AUTO_CKPT`, so that the DDP ranks it
-    starts resume from the same file even if a checkpoint appears in between.
+    The newest one that loads (see `newest_checkpoint`). The process that decides exports the
+    choice as `SALT_AUTO_CKPT`, so that the DDP ranks it starts resume from the same file even
+    if a checkpoint appears in between.
     """
     if "SALT_AUTO_CKPT" in os.environ:
         return os.environ["SALT_AUTO_CKPT"] or None
-    ckpt = newest_checkpoint(run_dir / "ckpts")
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    report = getattr(rank_zero_only, "rank", 0) == 0
+    ckpt = newest_checkpoint(run_dir / "ckpts", report=report)
     os.environ["SALT_AUTO_CKPT"] = str(ckpt) if ckpt else ""
     return str(ckpt) if ckpt else None
+
+
+def point_latest(run_dir: Path) -> None:
+    """Make `<root>/latest` a link to `run_dir`, so that `salt test logs/latest` finds it.
+
+    Replaced atomically (a new link renamed over the old), so a reader never finds it missing.
+    """
+    link = run_dir.parent / LATEST
+    tmp = run_dir.parent / f".{LATEST}.{os.getpid()}"
+    try:
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(run_dir.name, target_is_directory=True)
+        tmp.replace(link)
+    except OSError as err:  # a file system without links: the run itself is unaffected
+        tmp.unlink(missing_ok=True)
+        log.info("could not point %s at %s: %s", link, run_dir.name, err)
 
 
 def keep_previous_metrics(run_dir: Path) -> None:
@@ -152,6 +193,7 @@ class RunFolder(SaveConfigCallback):
         config["trainer"]["default_root_dir"] = str(run_dir.parent)
         with (run_dir / self.config_filename).open("w") as f:
             yaml.safe_dump(config, f, sort_keys=False)
+        point_latest(run_dir)
         data = trainer.datamodule
         for attr in ("norm_dict", "class_dict"):
             src = getattr(data, attr, None)
@@ -185,7 +227,7 @@ class RunFolder(SaveConfigCallback):
                 "world_size": trainer.world_size,
                 "precision": str(trainer.precision),
             },
-            "data": self._data_info(trainer.datamodule),
+            "data": self._data_info(trainer.datamodule, trainer),
         }
         if os.environ.get("SLURM_JOB_ID"):
             meta["slurm"] = {
@@ -201,13 +243,56 @@ class RunFolder(SaveConfigCallback):
             yaml.safe_dump(meta, f, sort_keys=False)
 
     @staticmethod
-    def _data_info(data) -> dict:
+    def _data_info(data, trainer=None) -> dict:
+        """Per split: the files (path, bytes, jets), and the jets used.
+
+        ``jets_in_files`` is what the files hold; ``num_jets`` what the loader reads (after
+        ``data.num_<split>``); ``batches_per_epoch`` and ``jets_per_epoch`` what one epoch uses
+        on all ranks together (after ``trainer.limit_<split>_batches`` and the equal shares of
+        the ranks).
+        """
         info = {}
         for split, paths in getattr(data, "sources", {}).items():
             dataset = data.datasets.get(split)
-            info[split] = {
-                "files": [{"path": str(p.resolve()), "bytes": p.stat().st_size} for p in paths],
-                "num_jets": dataset.num_jets if dataset is not None else None,
-                "batch_size": dataset.batch_size if dataset is not None else None,
+            files = []
+            for path in paths:
+                entry = {"path": str(path.resolve()), "bytes": path.stat().st_size}
+                if dataset is not None:
+                    entry["jets"] = _jets_in(path, dataset.dataset_name(dataset.global_object))
+                files.append(entry)
+            info[split] = {"files": files}
+            if dataset is None:
+                continue
+            counts = [f["jets"] for f in files]
+            batches = _batches_per_epoch(dataset.num_batches, split, trainer)
+            info[split] |= {
+                "jets_in_files": None if None in counts else sum(counts),
+                "num_jets": dataset.num_jets,
+                "batch_size": dataset.batch_size,
+                "batches_per_epoch": batches,
+                "jets_per_epoch": min(batches * dataset.batch_size, dataset.num_jets),
             }
         return info
+
+
+def _jets_in(path: Path, dataset: str) -> int | None:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return int(f[dataset].shape[0])
+    except (OSError, KeyError):
+        return None
+
+
+def _batches_per_epoch(num_batches: int, split: str, trainer) -> int:
+    """Batches of `split` one epoch uses, over all ranks (`BatchOrderSampler`, then Lightning's
+    `limit_<split>_batches`: an int counts batches per rank, a float is a fraction)."""
+    world = int(getattr(trainer, "world_size", 1) or 1) if split != "test" else 1
+    per_rank = num_batches // world
+    limit = getattr(trainer, f"limit_{split}_batches", None) if trainer is not None else None
+    if isinstance(limit, float) and limit != 1.0:
+        per_rank = int(per_rank * limit)
+    elif isinstance(limit, int) and not isinstance(limit, bool):
+        per_rank = min(per_rank, limit)
+    return per_rank * world

@@ -6,6 +6,7 @@ under any backend and leave a user's open figures alone.
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,14 @@ from salt.evaluation.metrics import TRACK_ORIGINS
 
 #: PNG resolution: enough to read, far quicker to write than puma's default of 400.
 DPI = 150
+#: Longest model label in the legend, and written along the ratio panels ("Ratio to X" must
+#: fit the height of two ratio panels); the width of a title line.
+LEGEND_CHARS, RATIO_LABEL_CHARS, TITLE_CHARS = 34, 13, 60
+
+
+def short_label(label: str, limit: int) -> str:
+    """`label`, cut to `limit` characters with an ellipsis when longer."""
+    return label if len(label) <= limit else label[: limit - 1] + "…"
 
 
 @dataclass(frozen=True)
@@ -32,23 +41,37 @@ class RocCurves:
 
 
 def plot_roc(models: list[RocCurves], path: Path, tag: str) -> Path:
+    """Write `roc_figure(models, tag)` to the PNG `path`; returns `path`."""
+    roc_figure(models, tag).savefig(str(path))
+    return path
+
+
+def legend_labels(labels: list[str]) -> list[str]:
+    """Labels short enough for the legend beside the ATLAS tag, still distinct."""
+    short = [short_label(lab, LEGEND_CHARS) for lab in labels]
+    if len(set(short)) < len(short):
+        short = [short_label(lab, LEGEND_CHARS - 4) + f" #{i + 1}" for i, lab in enumerate(labels)]
+    return short
+
+
+def roc_figure(models: list[RocCurves], tag: str):
     """Draw light- and c-jet rejection against b-jet efficiency for one or several models.
 
-    With several models, ratio panels (one per rejection class) compare each to the first.
+    With several models, ratio panels (one per rejection class) compare each to the first;
+    along them puma writes "Ratio to <label>", which names the reference when its label is
+    short and says "reference" otherwise (the legend then marks it).
 
     Parameters
     ----------
     models
         Curves per model; the first is the reference. All must share `b_eff`.
-    path
-        PNG to write.
     tag
         Second line of the ATLAS tag (sample, fractions).
 
     Returns
     -------
-    Path
-        `path`.
+    puma.RocPlot
+        The drawn plot (`.fig` is its matplotlib figure).
     """
     from ftag import Flavours
     from puma import Roc, RocPlot
@@ -56,6 +79,10 @@ def plot_roc(models: list[RocCurves], path: Path, tag: str) -> Path:
     # Only classes the reference has can carry a ratio; a class without jets is dropped.
     classes = [c for c in ("ujets", "cjets") if models[0].n_bkg.get(c, 0) > 0]
     several = len(models) > 1
+    labels = legend_labels([m.label for m in models])
+    reference = labels[0]
+    if several and len(reference) > RATIO_LABEL_CHARS:
+        labels[0] = reference = f"{short_label(labels[0], LEGEND_CHARS - 12)} (reference)"
     plot = RocPlot(
         n_ratio_panels=len(classes) if several else 0,
         ylabel="Background rejection",
@@ -73,7 +100,7 @@ def plot_roc(models: list[RocCurves], path: Path, tag: str) -> Path:
             r = m.rej.get(cls)
             if r is not None and m.n_bkg.get(cls, 0) > 0:
                 keep &= np.isfinite(r) & (r > 0)
-        for i, m in enumerate(models):
+        for i, (m, label) in enumerate(zip(models, labels)):
             if m.n_bkg.get(cls, 0) == 0:
                 continue
             flav = Flavours[cls]
@@ -86,33 +113,37 @@ def plot_roc(models: list[RocCurves], path: Path, tag: str) -> Path:
                     signal_class="bjets",
                     # One model: name the flavour in the legend, as there is no ratio panel
                     # whose legend would tell the line styles apart.
-                    label=m.label if several else f"{m.label}: {flav.label} rejection",
+                    label=label if several else f"{label}: {flav.label} rejection",
                 ),
                 reference=several and i == 0,
             )
     for panel, cls in enumerate(classes if several else [], start=1):
         plot.set_ratio_class(panel, Flavours[cls])
+    if several and len(reference) > RATIO_LABEL_CHARS:
+        plot.reference_label = "reference"
     plot.draw()
-    plot.savefig(str(path))
-    return path
+    return plot
 
 
 def plot_confusion(summary: dict, path: Path, title: str) -> Path:
+    """Write `confusion_figure(summary, title)` to the PNG `path`; returns `path`."""
+    confusion_figure(summary, title).savefig(path, dpi=DPI)
+    return path
+
+
+def confusion_figure(summary: dict, title: str):
     """Draw a row-normalised track-origin confusion matrix (truth in rows).
 
     Parameters
     ----------
     summary
         Output of :func:`salt.evaluation.metrics.confusion_summary`.
-    path
-        PNG to write.
     title
-        Figure title (model label).
+        The model's label; wrapped onto several lines when long.
 
     Returns
     -------
-    Path
-        `path`.
+    matplotlib.figure.Figure
     """
     from matplotlib.figure import Figure
 
@@ -130,11 +161,12 @@ def plot_confusion(summary: dict, path: Path, title: str) -> Path:
     ax.set_ylabel("Truth origin")
     acc = summary["accuracy"]
     acc_text = "n/a" if acc is None else f"{acc:.3f}"
-    ax.set_title(f"{title}: track origin (accuracy {acc_text}, {summary['n_tracks']} tracks)")
+    # the label on lines of its own, so a long one wraps instead of running off the figure
+    label = textwrap.fill(title, TITLE_CHARS, break_on_hyphens=False)
+    ax.set_title(f"{label}\ntrack origin: accuracy {acc_text}, {summary['n_tracks']} tracks")
     for i in range(k):
         for j in range(k):
             if np.isfinite(norm[i, j]):
                 colour = "white" if norm[i, j] > 0.6 else "black"
                 ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=8, c=colour)
-    fig.savefig(path, dpi=DPI)
-    return path
+    return fig

@@ -3,7 +3,9 @@
 Reads only the fields it needs from each file, computes the b-tagging working points (and, when
 the file carries track predictions, the track-origin confusion matrix and the vertexing pair
 efficiency and purity), draws the ROC curves with puma, and writes `<stem>__report.md`,
-`<stem>__report.json` and PNGs beside the first file, `<stem>` being its file stem.
+`<stem>__report.json` and PNGs beside the first file. `<stem>` is the file's own stem for one
+file, and `compare_<label 1>_vs_<label 2>...[__test_<sample>]` for several, so that a comparison
+never overwrites the report of a single model.
 
 From Python, after the test loop::
 
@@ -15,6 +17,7 @@ From the shell: `salt plot FILE.h5 [FILE2.h5 ...]` (see `salt plot --help`).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -69,11 +72,50 @@ def infer_tagger(jet_fields: tuple[str, ...] | list[str], path: Path | str = "")
 
 
 def default_label(path: Path) -> str:
-    """Run folder name for `<run>/ckpts/<file>.h5`, else the file stem."""
+    """Run folder name for `<run>/ckpts/<file>.h5`, else the file stem (without the
+    `__test_<sample>` that `salt test` appends)."""
     path = Path(path)
     if path.parent.name == "ckpts" and path.parent.parent.name:
         return path.parent.parent.name
-    return path.stem
+    return re.sub(r"__test_.+$", "", path.stem) or path.stem
+
+
+def default_labels(paths: list[Path]) -> list[str]:
+    """Short, distinct legend labels: the run folders; for checkpoints of one run, their epochs
+    (``epoch=003``); else the file stems."""
+    labels = [default_label(p) for p in paths]
+    if len(set(labels)) == len(labels):
+        return labels
+    epochs = [re.match(r"(epoch=\d+)", Path(p).stem) for p in paths]
+    if all(epochs):
+        tagged = [m[1] if labels.count(lab) > 1 else lab for m, lab in zip(epochs, labels)]
+        if len(set(tagged)) == len(tagged):
+            return tagged
+    return [Path(p).stem for p in paths]  # the same file name in several folders, say
+
+
+#: Longest name part made from one label, and longest comparison stem.
+_LABEL_CHARS, _STEM_CHARS = 40, 120
+
+
+def comparison_stem(labels: list[str], sample: str | None) -> str:
+    """``compare_<label 1>_vs_<label 2>[...][__test_<sample>]``, safe as a file name.
+
+    A stem too long for a file name is cut, with a hash of the whole that keeps it unique.
+    """
+    parts = [_file_part(lab) for lab in labels]
+    stem = "compare_" + "_vs_".join(parts)
+    if len(stem) > _STEM_CHARS:
+        digest = hashlib.sha1("\0".join(labels).encode()).hexdigest()[:8]
+        stem = f"{stem[: _STEM_CHARS - 9]}-{digest}"
+    if sample:
+        stem += f"__test_{_file_part(sample)}"
+    return stem
+
+
+def _file_part(label: str) -> str:
+    """`label` as part of a file name: runs of other characters become one `-`."""
+    return re.sub(r"[^A-Za-z0-9=._+-]+", "-", label).strip("-")[:_LABEL_CHARS]
 
 
 def sample_from_name(path: Path) -> str | None:
@@ -210,8 +252,8 @@ def make_report(
     taggers
         Tagger name per file, or one for all; default: inferred from the `*_pb` jet field.
     labels
-        Legend label per file; default: the run folder name (`<run>/ckpts/<file>.h5`), else
-        the file stem.
+        Legend label per file; default: the run folder name (`<run>/ckpts/<file>.h5`), the
+        checkpoint's epoch for several checkpoints of one run, else the file stem.
     fc, ftau
         c and tau fractions of D_b; the light fraction is `1 - fc - ftau`. A file without
         `<tagger>_ptau` uses `ftau = 0` (noted in the report).
@@ -228,7 +270,8 @@ def make_report(
     -------
     ReportFiles
         `<stem>__report.md`, `<stem>__report.json`, `<stem>__roc.png` and the track-origin
-        PNGs (`<stem>__track_origin[_<i>].png`), `<stem>` being the first file's stem.
+        PNGs (`<stem>__track_origin[_<label>].png`); `<stem>` is the file's stem for one file,
+        `comparison_stem(labels, sample)` for several.
     """
     import h5py
     import hdf5plugin  # noqa: F401  (LZ4 filter of ftag's H5Writer)
@@ -243,10 +286,7 @@ def make_report(
     tagger_list = _per_file(taggers, len(paths), "taggers")
     label_list = _per_file(labels, len(paths), "labels")
     if label_list == [None] * len(paths):
-        label_list = [default_label(p) for p in paths]
-        if len(set(label_list)) < len(label_list):
-            # Two checkpoints of one run: the file stems tell them apart.
-            label_list = [p.stem for p in paths]
+        label_list = default_labels(paths)
     label_list = _unique([str(lab) for lab in label_list])
     if sample is None:
         found = list(dict.fromkeys(s for s in map(sample_from_name, paths) if s))
@@ -254,12 +294,12 @@ def make_report(
     working_points = [w / 100 if w > 1 else float(w) for w in working_points]
     out = Path(out_dir) if out_dir is not None else paths[0].parent
     out.mkdir(parents=True, exist_ok=True)
-    stem = paths[0].stem
+    stem = paths[0].stem if len(paths) == 1 else comparison_stem(label_list, sample)
 
     from salt.evaluation.plots import RocCurves, plot_confusion, plot_roc
 
     models, rocs, origin_pngs = [], [], []
-    for i, (path, tagger, label) in enumerate(zip(paths, tagger_list, label_list)):
+    for path, tagger, label in zip(paths, tagger_list, label_list):
         with h5py.File(path, "r") as f:
             if "jets" not in f:
                 raise ValueError(f"{path} has no 'jets' dataset; datasets: {list(f)}")
@@ -287,7 +327,7 @@ def make_report(
             )
         )
         if origin is not None:
-            suffix = f"_{i}" if len(paths) > 1 else ""
+            suffix = f"_{_file_part(label)}" if len(paths) > 1 else ""
             png = out / f"{stem}__track_origin{suffix}.png"
             origin_pngs.append(plot_confusion(origin, png, label))
             model["track_origin"]["plot"] = png.name
@@ -309,10 +349,11 @@ def make_report(
     markdown = render_markdown(report)
     md_path.write_text(markdown)
     json_path.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    files = ReportFiles(markdown=md_path, json=json_path, roc=roc_png, track_origin=origin_pngs)
     if verbose:
         print(markdown)
-        print(f"Report written to {out}: {md_path.name}, {json_path.name}, {roc_png.name}")
-    return ReportFiles(markdown=md_path, json=json_path, roc=roc_png, track_origin=origin_pngs)
+        print(f"Report written to {out}: {', '.join(p.name for p in files.all())}")
+    return files
 
 
 def _per_file(values, n: int, what: str) -> list:
@@ -343,8 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
             "  - rejections at the 60/70/77/85% b-jet efficiency working points,\n"
             "  - with track predictions: the track-origin confusion matrix and the\n"
             "    vertexing pair efficiency and purity.\n"
-            "Writes <stem>__roc.png, <stem>__report.md and <stem>__report.json (<stem>: the\n"
-            "first file's stem). Several files = several models, compared to the first."
+            "Writes <stem>__roc.png, <stem>__report.md, <stem>__report.json and, with tracks,\n"
+            "<stem>__track_origin*.png. <stem> is the file's stem for one file; several files\n"
+            "are several models compared to the first, <stem> compare_<label1>_vs_<label2>..."
         ),
         epilog=(
             "example:\n  salt plot logs/GN2_A/ckpts/epoch=019-val_loss=0.65432__test_ttbar.h5 \\\n"

@@ -92,16 +92,21 @@ def format_metadata(meta: dict, show_config: bool = False) -> str:
     for item in meta.get("inputs") or []:
         shape = ", ".join(str(s) for s in item.get("shape", []))
         lines.append(f"\ninput {item['name']} ({shape}) {item.get('dtype', '')}: {item['object']}")
-        lines.append(f"  {'#':>3}  {'variable':<42}{'mean':>14}{'std':>14}")
-        for i, var in enumerate(item.get("variables", [])):
-            lines.append(f"  {i:>3}  {var['name']:<42}{var['mean']:>14.6g}{var['std']:>14.6g}")
+        variables = item.get("variables", [])
+        # columns as wide as their longest entry: a long name never runs into the next column
+        w = _width([v["name"] for v in variables], "variable")
+        lines.append(f"  {'#':>3}  {'variable':<{w}}{'mean':>14}{'std':>14}")
+        for i, var in enumerate(variables):
+            lines.append(f"  {i:>3}  {var['name']:<{w}}{var['mean']:>14.6g}{var['std']:>14.6g}")
     outputs = meta.get("outputs") or []
     if outputs:
         lines.append("\noutputs:")
+        w = _width([item["name"] for item in outputs])
+        wt = _width([item.get("dtype", "") for item in outputs])
         for item in outputs:
             shape = ", ".join(str(s) for s in item.get("shape", []))
             lines.append(
-                f"  {item['name']:<32}{item.get('dtype', ''):<9}({shape})  "
+                f"  {item['name']:<{w}}{item.get('dtype', ''):<{wt}}({shape})  "
                 f"{item.get('description', '')}"
             )
     parity = meta.get("parity")
@@ -112,8 +117,10 @@ def format_metadata(meta: dict, show_config: bool = False) -> str:
             f"\nparity check {verdict}: {parity.get('jets')} jets of {parity.get('file')}, "
             f"{lo}-{hi} tracks, tolerance {parity.get('tolerance')}"
         )
-        for name, diff in (parity.get("max_abs_diff") or {}).items():
-            lines.append(f"  {name:<32}{diff:.2e}")
+        diffs = parity.get("max_abs_diff") or {}
+        w = _width(list(diffs))
+        for name, diff in diffs.items():
+            lines.append(f"  {name:<{w}}{diff:.2e}")
     config = meta.get("training_config")
     if config:
         if show_config:
@@ -123,6 +130,11 @@ def format_metadata(meta: dict, show_config: bool = False) -> str:
                 f"\ntraining config: {len(config.splitlines())} lines (show with --config)"
             )
     return "\n".join(lines)
+
+
+def _width(cells: list[str], *more: str) -> int:
+    """Width of a column holding `cells` (and headers `more`), two spaces included."""
+    return max((len(c) for c in [*cells, *more]), default=0) + 2
 
 
 def main(args: list[str] | None = None) -> None:

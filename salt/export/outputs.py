@@ -4,11 +4,14 @@ One plan serves both sides of the parity check: the ONNX graph computes each out
 padded one-jet path, the PyTorch reference from the packed training path, and both go through
 `OutputPlan.finish` for the combinations and renames.
 
-Names (``<name>`` is the export's model name, e.g. ``GN2vXX``), as `salt test` names its fields:
+Names (``<name>`` is the export's model name, e.g. ``GN2vXX``) follow one rule, `output_fields`,
+which `salt test` uses for its prediction files as well:
 
 * ``<name>_p<class>``: jet class probabilities, float32 (1,); ``pb``, ``pc``, ``pu``, ``ptau``
-  for ftag's flavours. A second jet classification task is named by its task name.
-* ``<name>_<target>`` (``_stddev``): jet regression targets, float32 (1,).
+  for ftag's flavours.
+* ``<name>_<target>`` (and ``_stddev`` for a Gaussian regression): jet regression targets,
+  float32 (1,); a task's ``custom_output_names`` replace the targets in the names.
+* A task whose names would repeat an earlier task's is named ``<name>_<task name>_...``.
 * ``<name>_TrackOrigin``: the most probable ``ftagTruthOriginLabel`` class per track, int8 (n,).
 * ``<name>_VertexIndex``: per track, the smallest track index of its vertex (the connected
   component of track pairs with a positive vertexing logit), int8 (n,).
@@ -66,7 +69,8 @@ class Source:
 
     @property
     def dtype(self) -> str:
-        return "float32" if self.constituent is None else "int8"
+        """In ONNX: float32 per jet, int8 per constituent (an index or a class)."""
+        return "float32" if self.constituent is None or self.key == "probs" else "int8"
 
 
 @dataclass
@@ -165,63 +169,106 @@ class OutputPlan:
             self.rename_args.append(spec)
 
 
-def output_plan(model: SaltModel, prefix: str) -> OutputPlan:
-    """The task outputs of `model`, named as `salt test` names its prediction fields."""
-    sources: list[Source] = []
-    first_classifier = True
-    for task in model.tasks:
-        if task.input_name == model.global_object:
-            if isinstance(task, ClassificationTask):
-                head = prefix if first_classifier else task.name
-                first_classifier = False
-                for i, cls in enumerate(task.class_names):
-                    sources.append(
+def _task_outputs(task, head: str, model, for_file: bool) -> list[Source]:
+    """The outputs of one task, named with `head` (``GN2``, or ``GN2_<task>`` on a clash)."""
+    out: list[Source] = []
+    if task.input_name == model.global_object:
+        if isinstance(task, ClassificationTask):
+            for i, cls in enumerate(task.class_names):
+                out.append(
+                    Source(
+                        class_field(head, cls), task.name, "probs", i, None,
+                        f"probability of {cls} ({task.name})",
+                    )
+                )  # fmt: skip
+        elif isinstance(task, RegressionTask):
+            labels = list(getattr(task, "custom_output_names", None) or task.targets)
+            if len(labels) != len(task.targets):
+                raise SaltError(
+                    f"task '{task.name}': custom_output_names {labels} name "
+                    f"{len(labels)} outputs for {len(task.targets)} targets {task.targets}."
+                )
+            keys = ["values", "stddev"] if isinstance(task, GaussianRegressionTask) else ["values"]
+            for key in keys:
+                suffix = "_stddev" if key == "stddev" else ""
+                for i, (label, target) in enumerate(zip(labels, task.targets)):
+                    out.append(
                         Source(
-                            class_field(head, cls), task.name, "probs", i, None,
-                            f"probability of {cls} ({task.name})",
+                            f"{head}_{label}{suffix}", task.name, key, i, None,
+                            f"{'std. dev. of ' if suffix else ''}{target} ({task.name})",
+                            float(task.std[i]),
                         )
                     )  # fmt: skip
-            elif isinstance(task, RegressionTask):
-                gaussian = isinstance(task, GaussianRegressionTask)
-                head = task.name if gaussian else prefix
-                keys = ["values", "stddev"] if gaussian else ["values"]
-                for key in keys:
-                    suffix = "_stddev" if key == "stddev" else ""
-                    for i, target in enumerate(task.targets):
-                        sources.append(
-                            Source(
-                                f"{head}_{target}{suffix}", task.name, key, i, None,
-                                f"{'std. dev. of ' if suffix else ''}{target} ({task.name})",
-                                float(task.std[i]),
-                            )
-                        )  # fmt: skip
-            continue
-        own = task.input_name == "tracks" or len(model.constituents) == 1
-        if isinstance(task, ClassificationTask):
-            origin = task.label == ORIGIN_LABEL and own
-            name = f"{prefix}_TrackOrigin" if origin else f"{prefix}_{task.name}"
-            sources.append(
-                Source(
-                    name, task.name, "argmax", None, task.input_name,
-                    f"most probable {task.label} per {task.input_name.removesuffix('s')} "
-                    f"({', '.join(task.class_names)})",
+        return out
+    own = task.input_name == "tracks" or len(model.constituents) == 1
+    what = task.input_name.removesuffix("s")
+    if isinstance(task, ClassificationTask):
+        origin = task.label == ORIGIN_LABEL and own
+        if for_file:
+            for i, cls in enumerate(task.class_names):
+                out.append(
+                    Source(
+                        f"{head}_p{cls}", task.name, "probs", i, task.input_name,
+                        f"probability of {cls} per {what} ({task.name})",
+                    )
+                )  # fmt: skip
+            name = f"{head}_aux_{'TrackOrigin' if origin else task.name}"
+        else:
+            name = f"{head}_TrackOrigin" if origin else f"{head}_{task.name}"
+        out.append(
+            Source(
+                name, task.name, "argmax", None, task.input_name,
+                f"most probable {task.label} per {what} ({', '.join(task.class_names)})",
+            )
+        )  # fmt: skip
+    elif isinstance(task, VertexingTask):
+        if for_file:
+            name = f"{head}_aux_VertexIndex"
+        else:
+            name = f"{head}_VertexIndex" if own else f"{head}_{task.name}"
+        out.append(
+            Source(
+                name, task.name, "vertex_index", None, task.input_name,
+                f"smallest {what} index in the same vertex ({task.name})",
+            )
+        )  # fmt: skip
+    return out
+
+
+def output_fields(model: SaltModel, prefix: str, for_file: bool = False) -> list[Source]:
+    """Every output of `model`, named: the one naming rule of `salt test` and `to_onnx`.
+
+    * jet classification: ``<prefix>_p<class>`` (ftag's ``pb``, ``pc``, ``pu``, ``ptau`` for
+      its flavours);
+    * regression: ``<prefix>_<target>``, or the task's ``custom_output_names`` in place of the
+      targets; a Gaussian regression also ``<prefix>_<target>_stddev``;
+    * per track (ONNX): ``<prefix>_TrackOrigin``, ``<prefix>_VertexIndex``; in a prediction
+      file (`for_file`), the track-origin probabilities ``<prefix>_p<class>`` and
+      ``<prefix>_aux_TrackOrigin`` / ``<prefix>_aux_VertexIndex``, the names puma reads.
+
+    A task whose names would repeat an earlier task's (two classifiers of the same classes,
+    two regressions of one target) is named ``<prefix>_<task name>_...`` instead. In a file,
+    jets and each constituent type are separate datasets; in ONNX all outputs share one list.
+    """
+    sources: list[Source] = []
+    for task in model.tasks:
+        own = _task_outputs(task, prefix, model, for_file)
+        taken = {(s.constituent if for_file else None, s.name) for s in sources}
+        if any((s.constituent if for_file else None, s.name) in taken for s in own):
+            own = _task_outputs(task, f"{prefix}_{task.name}", model, for_file)
+            clash = [s.name for s in own if (s.constituent if for_file else None, s.name) in taken]
+            if clash:
+                raise SaltError(
+                    f"task '{task.name}' would write {clash}, which another task writes "
+                    "already: give the tasks distinct names."
                 )
-            )  # fmt: skip
-        elif isinstance(task, VertexingTask):
-            name = f"{prefix}_VertexIndex" if own else f"{prefix}_{task.name}"
-            sources.append(
-                Source(
-                    name, task.name, "vertex_index", None, task.input_name,
-                    f"smallest {task.input_name.removesuffix('s')} index in the same vertex "
-                    f"({task.name})",
-                )
-            )  # fmt: skip
-    names = [s.name for s in sources]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise SaltError(
-            f"two task outputs would both be named {duplicates}: give the tasks distinct names."
-        )
+        sources += own
+    return sources
+
+
+def output_plan(model: SaltModel, prefix: str) -> OutputPlan:
+    """The ONNX outputs of `model` (see `output_fields`), before combinations and renames."""
+    sources = output_fields(model, prefix)
     if not sources:
         raise SaltError("the model has no task with an exportable output.")
     return OutputPlan(prefix, sources)
