@@ -97,9 +97,9 @@ def test_global_through_several_files_and_workers(demo, content, tmp_path):
 
 def test_missing_global_variable_names_the_jet_dataset(demo):
     with pytest.raises(SaltError) as info:
-        make_dataset(demo["train"], variables={**VARIABLES, "global": ["softMuon_pt"]})
+        make_dataset(demo["train"], variables={**VARIABLES, "global": ["softMuon_isMedium"]})
     message = str(info.value)
-    assert "dataset 'jets' has no variable 'softMuon_pt'" in message
+    assert "dataset 'jets' has no variable 'softMuon_isMedium'" in message
     assert "data.variables.global" in message and str(demo["train"]) in message
 
 

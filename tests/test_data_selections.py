@@ -147,13 +147,13 @@ def test_selection_through_the_datamodule_and_workers(demo):
 # ------------------------------------------------------------------------------------ errors
 def test_cut_on_a_missing_variable_names_cut_dataset_and_file(demo):
     with pytest.raises(SaltError) as info:
-        make_dataset(demo["train"], selections={"tracks": ["d0 < 3.5", "numberOfSCTHoles < 1.1"]})
+        make_dataset(demo["train"], selections={"tracks": ["d0 < 3.5", "numberOfTRTHoles < 1.1"]})
     message = str(info.value)
-    assert "cut 'numberOfSCTHoles < 1.1'" in message and "dataset 'tracks'" in message
+    assert "cut 'numberOfTRTHoles < 1.1'" in message and "dataset 'tracks'" in message
     assert str(demo["train"]) in message
     # and from the datamodule's setup, before any batch is read
-    module = make_module(demo, selections={"tracks": ["numberOfSCTHoles < 1.1"]})
-    with pytest.raises(SaltError, match="numberOfSCTHoles"):
+    module = make_module(demo, selections={"tracks": ["numberOfTRTHoles < 1.1"]})
+    with pytest.raises(SaltError, match="numberOfTRTHoles"):
         module.setup("fit")
 
 

@@ -114,7 +114,10 @@ def test_malformed_entries_fail_when_the_datamodule_is_built(demo, change, expec
     ("change", "expected"),
     [
         ({"source": "pt_visFromTruthTaus"}, "source 'pt_visFromTruthTaus' is not a variable"),
-        ({"sel_label": "HadronGhostTruthLabelID"}, "sel_label 'HadronGhostTruthLabelID'"),
+        (
+            {"sel_label": "HadronGhostExtendedTruthLabelID"},
+            "sel_label 'HadronGhostExtendedTruthLabelID'",
+        ),
         ({"custom_target": None, "target": "n_tracks"}, "'n_tracks' .* is an integer label"),
     ],
 )
