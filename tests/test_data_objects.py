@@ -41,10 +41,11 @@ HADRON = np.dtype(
 
 
 def with_field(records: np.ndarray, name: str, values: np.ndarray) -> np.ndarray:
-    """`records` with one more field, `name`, set to `values`."""
-    dtype = np.dtype([*((n, records.dtype[n]) for n in records.dtype.names), (name, values.dtype)])
+    """`records` with the field `name` set to `values` (replaced when the demo writes it)."""
+    kept = [n for n in records.dtype.names if n != name]
+    dtype = np.dtype([*((n, records.dtype[n]) for n in kept), (name, values.dtype)])
     out = np.empty(records.shape, dtype)
-    for field in records.dtype.names:
+    for field in kept:
         out[field] = records[field]
     out[name] = values
     return out

@@ -15,6 +15,7 @@ PYPROJECT = (REPO / "pyproject.toml").read_text()
 IMPORT_NAMES = {
     "scikit-learn": "sklearn", "pyyaml": "yaml", "atlas-ftag-tools": "ftag",
     "puma-hep": "puma", "jsonargparse": "jsonargparse", "comet-ml": "comet_ml",
+    "lion-pytorch": "lion_pytorch",
 }  # fmt: skip
 
 

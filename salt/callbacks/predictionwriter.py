@@ -137,8 +137,9 @@ class PredictionWriter(Callback):
         return fields
 
     def _track_outputs(self, valid: np.ndarray) -> dict[str, np.ndarray]:
-        """`(N, T)` per track-level output: probabilities (float32, 0 in padding), classes and
-        vertex indices (int32, -1 in padding). `valid` is `(N, T)` bool."""
+        """`(N, T)` per track-level output: probabilities (float32, 0 in padding), regressed
+        values (float32, NaN in padding), classes and vertex indices (int32, -1 in padding).
+        `valid` is `(N, T)` bool."""
         fields: dict[str, np.ndarray] = {}
         for source in self.fields:
             if source.constituent != self._tracks_name():
@@ -146,10 +147,10 @@ class PredictionWriter(Callback):
             packed = self._collect(source.task, source.key)  # (n_valid, ...) over the file
             if source.column is not None:
                 packed = packed[:, source.column]
-            probability = source.key == "probs"
-            out = np.full(
-                valid.shape, 0.0 if probability else -1, np.float32 if probability else np.int32
-            )
+            if source.dtype == "float32":
+                out = np.full(valid.shape, 0.0 if source.key == "probs" else np.nan, np.float32)
+            else:
+                out = np.full(valid.shape, -1, np.int32)
             out[valid] = packed
             fields[source.name] = out
         return fields

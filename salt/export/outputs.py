@@ -10,7 +10,8 @@ which `salt test` uses for its prediction files as well:
 * ``<name>_p<class>``: jet class probabilities, float32 (1,); ``pb``, ``pc``, ``pu``, ``ptau``
   for ftag's flavours.
 * ``<name>_<target>`` (and ``_stddev`` for a Gaussian regression): jet regression targets,
-  float32 (1,); a task's ``custom_output_names`` replace the targets in the names.
+  float32 (1,); a task's ``custom_output_names`` replace the targets in the names. A
+  regression on a constituent type gives the same names, float32 (n,).
 * A task whose names would repeat an earlier task's is named ``<name>_<task name>_...``.
 * ``<name>_TrackOrigin``: the most probable ``ftagTruthOriginLabel`` class per track, int8 (n,).
 * ``<name>_VertexIndex``: per track, the smallest track index of its vertex (the connected
@@ -55,8 +56,8 @@ def class_field(prefix: str, class_name: str) -> str:
 class Source:
     """One output straight from a task: ``task.predictions(...)[key][..., column]``.
 
-    `constituent` is None for a jet-level output (float32, shape (1,) per jet), else the
-    constituent type whose slots it follows (int8, shape (n,) per jet).
+    `constituent` is None for a jet-level output (shape (1,) per jet), else the constituent
+    type whose slots it follows (shape (n,) per jet); see `dtype`.
     """
 
     name: str
@@ -66,11 +67,13 @@ class Source:
     constituent: str | None
     description: str
     scale: float = 1.0  # the output's natural unit: a regression target's std, else 1
+    # compared relative to its value: a target divided by a per-jet denominator has no fixed unit
+    relative: bool = False
 
     @property
     def dtype(self) -> str:
-        """In ONNX: float32 per jet, int8 per constituent (an index or a class)."""
-        return "float32" if self.constituent is None or self.key == "probs" else "int8"
+        """In ONNX: int8 for a constituent's class or vertex index, float32 for the rest."""
+        return "int8" if self.key in ("argmax", "vertex_index") else "float32"
 
 
 @dataclass
@@ -103,6 +106,11 @@ class OutputPlan:
             return max(by_name.get(n, 1.0) for n in self.combine[original])
         source = self.source_of(final_name)
         return source.scale if source is not None else 1.0
+
+    def relative(self, final_name: str) -> bool:
+        """Whether the parity check compares an output relative to its value."""
+        source = self.source_of(final_name)
+        return source is not None and source.relative
 
     def description(self, final_name: str) -> str:
         original = {v: k for k, v in self.rename.items()}.get(final_name, final_name)
@@ -169,6 +177,30 @@ class OutputPlan:
             self.rename_args.append(spec)
 
 
+def _regression_outputs(task, head: str, constituent: str | None) -> list[Source]:
+    """``<head>_<target>`` (and ``_stddev``) per target, per jet or per constituent."""
+    labels = list(getattr(task, "custom_output_names", None) or task.targets)
+    if len(labels) != len(task.targets):
+        raise SaltError(
+            f"task '{task.name}': custom_output_names {labels} name "
+            f"{len(labels)} outputs for {len(task.targets)} targets {task.targets}."
+        )
+    per = f" per {constituent.removesuffix('s')}" if constituent else ""
+    keys = ["values", "stddev"] if isinstance(task, GaussianRegressionTask) else ["values"]
+    out = []
+    for key in keys:
+        suffix = "_stddev" if key == "stddev" else ""
+        for i, (label, target) in enumerate(zip(labels, task.targets)):
+            out.append(
+                Source(
+                    f"{head}_{label}{suffix}", task.name, key, i, constituent,
+                    f"{'std. dev. of ' if suffix else ''}{target}{per} ({task.name})",
+                    float(task.std[i]), relative=bool(task.target_denominators),
+                )
+            )  # fmt: skip
+    return out
+
+
 def _task_outputs(task, head: str, model, for_file: bool) -> list[Source]:
     """The outputs of one task, named with `head` (``GN2``, or ``GN2_<task>`` on a clash)."""
     out: list[Source] = []
@@ -182,23 +214,7 @@ def _task_outputs(task, head: str, model, for_file: bool) -> list[Source]:
                     )
                 )  # fmt: skip
         elif isinstance(task, RegressionTask):
-            labels = list(getattr(task, "custom_output_names", None) or task.targets)
-            if len(labels) != len(task.targets):
-                raise SaltError(
-                    f"task '{task.name}': custom_output_names {labels} name "
-                    f"{len(labels)} outputs for {len(task.targets)} targets {task.targets}."
-                )
-            keys = ["values", "stddev"] if isinstance(task, GaussianRegressionTask) else ["values"]
-            for key in keys:
-                suffix = "_stddev" if key == "stddev" else ""
-                for i, (label, target) in enumerate(zip(labels, task.targets)):
-                    out.append(
-                        Source(
-                            f"{head}_{label}{suffix}", task.name, key, i, None,
-                            f"{'std. dev. of ' if suffix else ''}{target} ({task.name})",
-                            float(task.std[i]),
-                        )
-                    )  # fmt: skip
+            out += _regression_outputs(task, head, None)
         return out
     own = task.input_name == "tracks" or len(model.constituents) == 1
     what = task.input_name.removesuffix("s")
@@ -221,6 +237,8 @@ def _task_outputs(task, head: str, model, for_file: bool) -> list[Source]:
                 f"most probable {task.label} per {what} ({', '.join(task.class_names)})",
             )
         )  # fmt: skip
+    elif isinstance(task, RegressionTask):
+        out += _regression_outputs(task, head, task.input_name)
     elif isinstance(task, VertexingTask):
         if for_file:
             name = f"{head}_aux_VertexIndex"

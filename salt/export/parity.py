@@ -11,9 +11,10 @@ wrapper computes.
 
 Float outputs must agree within `TOLERANCE`: probabilities as they are, regression outputs in
 units of their target's std (the scale the network computes in; 1e-5 MeV on a b-hadron pT would
-ask for more digits than float32 has). The integer outputs (track origin, vertex index)
-are decisions on scores: a track whose decision flips is excused only where the PyTorch score
-lies within `TIE` of the decision boundary, and counted as such.
+ask for more digits than float32 has), and a target divided by a per-jet denominator (a pT
+over the jet's pT) relative to its value, since it has no fixed unit. The integer outputs
+(track origin, vertex index) are decisions on scores: a track whose decision flips is excused
+only where the PyTorch score lies within `TIE` of the decision boundary, and counted as such.
 """
 
 from __future__ import annotations
@@ -233,6 +234,7 @@ class OutputResult:
     n_flipped: int = 0  # integer outputs: values that differ
     n_excused: int = 0  # ... of which at near-ties
     integer: bool = False
+    relative: bool = False  # max_diff is |ONNX - PyTorch| / |PyTorch|
 
     @property
     def passed(self) -> bool:
@@ -243,6 +245,8 @@ class OutputResult:
         if self.n_nan:
             return f"{self.n_nan} NaN of {self.n_values}"
         if not self.integer:
+            if self.relative:
+                return f"{self.max_diff:.2e} of the value"
             if self.scale != 1.0:
                 return (
                     f"{self.max_diff:.2e} ({self.max_diff / self.scale:.2e} of std {self.scale:g})"
@@ -308,9 +312,13 @@ def compare(
             continue
         nan = int(np.isnan(got).sum() + np.isnan(expected).sum())
         diff = np.abs(got - expected)
+        relative = plan.relative(name)
+        if relative:  # float32 holds a target times a denominator to a relative precision
+            diff = diff / np.maximum(np.abs(expected), np.finfo(np.float32).tiny)
         diff[np.isnan(diff)] = 0.0  # NaN is counted apart; it fails the check on its own
         largest = float(diff.max()) if diff.size else 0.0
-        result = OutputResult(name, largest, got.size, plan.scale(name), nan)
+        scale = 1.0 if relative else plan.scale(name)
+        result = OutputResult(name, largest, got.size, scale, nan, relative=relative)
         if name in ref.near_tie:
             flipped = diff > 0
             result.integer = True

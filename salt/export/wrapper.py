@@ -135,6 +135,6 @@ class ExportModel(nn.Module):
                 values[source.name] = value.float()  # (1,)
             else:
                 value = value if source.key == "vertex_index" else value[0]
-                values[source.name] = value.to(torch.int8)  # (n,)
+                values[source.name] = value.to(getattr(torch, source.dtype))  # (n,)
         finished = self.plan.finish(values)
         return tuple(finished[name] for name in self.plan.names)

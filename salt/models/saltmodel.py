@@ -322,7 +322,7 @@ class SaltModel(nn.Module):
             where, start = {}, 0
             for n in self.constituents:
                 where[n] = slice(start, start + tokens[n].shape[1])
-                start += tokens[n].shape[1]
+                start = start + tokens[n].shape[1]  # not +=: traced, the size is a tensor
             pool = slice(0, start) if n_reg and self.drop_registers else None
             return x, Padded(None), where, pool, Padded(None)
 
