@@ -113,6 +113,15 @@ def test_files_and_sizes(paths):
                 assert f[name].shape == (n, slots)
 
 
+def test_one_split_alone_equals_the_same_split_of_a_full_write(paths, tmp_path):
+    alone = demo.write_demo_dataset(tmp_path, num_jets=NUM_JETS, seed=7, splits=["val"])
+    assert set(alone) == {"val"} and [p.name for p in tmp_path.iterdir()] == ["pp_output_val.h5"]
+    for got, expected in zip(_read(alone["val"]), _read(paths["val"])):
+        assert got.dtype == expected.dtype and got.tobytes() == expected.tobytes()  # NaN too
+    with pytest.raises(demo.DemoDataError, match="splits \\['tests'\\]"):
+        demo.write_demo_dataset(tmp_path, num_jets=NUM_JETS, seed=7, splits=["tests"])
+
+
 @pytest.mark.parametrize("split", ["train", "val", "test"])
 def test_schema(paths, split):
     with h5py.File(paths[split], "r") as f:

@@ -62,7 +62,7 @@ def test_shipped_config_trains(config, trained_run):
 def test_gn2_beats_the_best_single_track_cut(trained_run, tmp_path):
     """A short CPU training (the shared GN2 run: 60 steps of 100 jets) must already beat the
     classic single-track impact-parameter tagger on 6000 unseen ttbar jets."""
-    test_files = write_demo_dataset(tmp_path / "big_test", num_jets=60_000, seed=7)
+    test_files = write_demo_dataset(tmp_path / "big_test", num_jets=60_000, seed=7, splits=["test"])
     run_dir = trained_run("GN2")
     run_salt(["test", str(run_dir), "--data.test_file", str(test_files["test"])], tmp_path)
     (predictions,) = (run_dir / "ckpts").glob("*__test_ttbar.h5")

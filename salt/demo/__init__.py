@@ -47,6 +47,7 @@ def write_demo_dataset(
     compression: str = "lz4",
     classes: str | Sequence[str] | None = None,
     kind: str = "btag",
+    splits: Sequence[str] = ("train", "val", "test"),
 ) -> dict[str, Path]:
     """Write train/val/test files and the norm and class dicts of a demo dataset into ``out_dir``.
 
@@ -61,9 +62,12 @@ def write_demo_dataset(
             None: ``bjets,cjets,ujets,taujets`` (btag) or ``hbb,hcc,top,qcd`` (xbb).
         kind: ``"btag"`` (small-R jets) or ``"xbb"`` (large-R jets, test file
             ``pp_output_test_xbb.h5``).
+        splits: which of ``train``, ``val``, ``test`` to write (each split's jets do not depend
+            on the others); the norm and class dicts come with ``train``.
 
     Returns:
-        Paths keyed by ``"train"``, ``"val"``, ``"test"``, ``"norm_dict"`` and ``"class_dict"``.
+        Paths keyed by ``"train"``, ``"val"``, ``"test"``, ``"norm_dict"`` and ``"class_dict"``
+        (those written).
 
     Raises:
         DemoDataError: a bad argument (a `salt.errors.SaltError`), before anything is written.
@@ -83,14 +87,17 @@ def write_demo_dataset(
         sample, high_sample = "xbb", "xbb"
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    splits = [
+    all_splits = [
         Split("train", 0, "pp_output_train.h5", num_jets, natural=False),
         Split("val", 1, "pp_output_val.h5", num_jets // 10, natural=False),
         Split("test", 2, f"pp_output_test_{sample}.h5", num_jets // 10, natural=True),
     ]
     stats = Statistics(specs)
+    unknown = set(splits) - {s.name for s in all_splits}
+    if unknown:
+        raise DemoDataError(f"splits {sorted(unknown)}: choose from train, val, test.")
     paths: dict[str, Path] = {}
-    for split in splits:
+    for split in (s for s in all_splits if s.name in splits):
         start = time.perf_counter()
         regions = (f"lowpt_{sample}", f"highpt_{sample if split.natural else high_sample}")
         config = {
@@ -127,6 +134,8 @@ def write_demo_dataset(
             paths[split.name], split.num_jets, size, time.perf_counter() - start,
         )  # fmt: skip
 
+    if "train" not in splits:
+        return paths
     paths["norm_dict"] = out_dir / "norm_dict.yaml"
     paths["class_dict"] = out_dir / "class_dict.yaml"
     with paths["norm_dict"].open("w") as f:
