@@ -216,8 +216,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--kind", choices=KINDS, default="btag", help="small-R b-tagging or large-R Xbb jets"
     )
+    parser.add_argument(
+        "--splits",
+        default="train,val,test",
+        metavar="NAMES",
+        help="splits to write, comma-separated (%(default)s); the dicts come with train",
+    )
     args = parser.parse_args(argv)
     classes = parse_classes(args.classes)
+    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+    if set(splits) - {"train", "val", "test"}:
+        parser.error(f"--splits {args.splits}: choose from train, val, test")
     try:
         _check_args(args.num_jets, args.seed, args.num_tracks, args.compression, args.kind)
         if args.kind == "btag":
@@ -236,5 +245,6 @@ def main(argv: list[str] | None = None) -> None:
         args.compression,
         classes,
         args.kind,
+        splits,
     )
     log.info("done in %.1f s", time.perf_counter() - start)
