@@ -166,6 +166,28 @@ class SaltArgumentParser(LightningArgumentParser):
 
 
 # ------------------------------------------------------------------------------- the CLI
+def check_device(trainer) -> None:
+    """A GPU asked for where there is none, or bf16 on a GPU without it: say what to change."""
+    import torch
+
+    accelerator = str(trainer.accelerator or "auto")
+    precision = str(trainer.precision or "")
+    if accelerator in ("gpu", "cuda"):
+        if not torch.cuda.is_available():
+            build = (torch.version.cuda and f"CUDA {torch.version.cuda}") or "a CPU-only build"
+            raise SaltError(
+                f"--trainer.accelerator {accelerator}, but no CUDA device is visible (torch "
+                f"{torch.__version__}, {build}; CUDA_VISIBLE_DEVICES="
+                f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}). Run on a GPU node, or train "
+                "here with --trainer.accelerator cpu --trainer.precision 32."
+            )
+        if precision.startswith("bf16") and not torch.cuda.is_bf16_supported():
+            raise SaltError(
+                f"--trainer.precision {precision}, but {torch.cuda.get_device_name()} has no "
+                "bf16: use --trainer.precision 16-mixed (or 32)."
+            )
+
+
 class SaltCLI(LightningCLI):
     """`salt fit|validate|test|predict`; `SaltCLI(args, run=False)` builds without running."""
 
@@ -215,6 +237,7 @@ class SaltCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         sub = self.subcommand
         config = self.config[sub] if sub else self.config
+        check_device(config.trainer)
         derive(config, sub or "fit")
         check_inputs(config, sub or "fit")
         self._choose_precision(config.trainer)

@@ -198,6 +198,11 @@ def main(args: list[str] | None = None) -> None:
     except SaltError as err:
         print(f"salt: error: {err}", file=sys.stderr)
         code = 2
+    except RuntimeError as err:
+        if type(err).__name__ != "OutOfMemoryError":
+            raise
+        print(f"salt: error: {out_of_memory_message(err, argv)}", file=sys.stderr)
+        code = 2
     except (SystemExit, KeyboardInterrupt) as exc:
         if STATE.signal is None:
             raise
@@ -220,6 +225,20 @@ def main(args: list[str] | None = None) -> None:
         print(_resume_command(STATE.checkpoint), file=sys.stderr)
     if code:
         sys.exit(code)
+
+
+def out_of_memory_message(err: BaseException, argv: list[str]) -> str:
+    """What to change when a batch does not fit in GPU memory (torch's OutOfMemoryError)."""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else "out of memory"
+    size = next(
+        (argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--data.batch_size"), None
+    ) or next((a.split("=", 1)[1] for a in argv if a.startswith("--data.batch_size=")), None)
+    now = f" (now {size})" if size else ""
+    return (
+        f"the GPU ran out of memory: {first}\nA batch does not fit: give a smaller "
+        f"--data.batch_size{now}, e.g. half, or --trainer.precision bf16-mixed if it is 32. "
+        "The checkpoints of finished epochs are kept."
+    )
 
 
 def _is_rank_zero() -> bool:
