@@ -11,6 +11,8 @@ written to `--json`) with:
 * `jets_per_s`, `s_per_step`: mean jets per batch over the median step, over the timed steps
   after `--warmup` untimed ones. A step is forward, backward and optimiser step, timed on the host
   clock on a CPU and by CUDA events on a GPU (no synchronisation is added between steps);
+* `cpu_s_per_step`: median CPU seconds of this process (all threads) per step, which a shared
+  machine's other load inflates much less than the wall time;
 * `window_jets_per_s`: jets of the timed steps over the wall-clock time from the start of the
   first to the end of the last (the device synchronised there), so the loader and the copies to
   the device count too;
@@ -64,6 +66,7 @@ class StepTimer(L.Callback):
         self.starts: list = []
         self.ends: list = []
         self.jets: list[int] = []
+        self.cpu: list[float] = []
         self.cuda = False
 
     def _mark(self):
@@ -89,12 +92,14 @@ class StepTimer(L.Callback):
             self._sync()
             self.window_start = time.perf_counter()
         self.starts.append(self._mark())
+        self.cpu_start = time.process_time()
         if len(self.starts) == 1:
             self.first_step_start_wall = time.time()
             self.first_step_start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.ends.append(self._mark())
+        self.cpu.append(time.process_time() - self.cpu_start)
         if len(self.ends) == 1:
             self._sync()
             self.first_step_wall = time.time()
@@ -228,6 +233,9 @@ def main(argv: list[str] | None = None) -> dict:
         "steps_timed": len(timed),
         "jets_per_s": round(statistics.mean(jets) / per_step, 1),
         "s_per_step": round(per_step, 5),
+        # CPU seconds of this process (all its threads) per step: on a shared machine the wall
+        # time of a step grows with the other load, its CPU time much less
+        "cpu_s_per_step": round(statistics.median(timer.cpu[args.warmup :]), 5),
         "window_jets_per_s": round(sum(jets) / (timer.window_end - timer.window_start), 1),
         "first_step_s": round(timer.first_step_s, 3),
         # from the command to the first training step: its start (the first batch is read and
