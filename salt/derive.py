@@ -20,7 +20,7 @@ CLASSIFICATION = "salt.models.tasks.ClassificationTask"
 # data options that change what the dataset reads, checked against the first file before building
 EARLY_CHECKED_OPTIONS = (
     "non_finite_to_num", "selections", "labeller_config", "label_maps", "multi_target",
-    "parameters",
+    "parameters", "mf_config",
 )  # fmt: skip
 REGRESSION = ("salt.models.tasks.RegressionTask", "salt.models.tasks.GaussianRegressionTask")
 
@@ -85,6 +85,16 @@ def derive(config, subcommand: str) -> None:
     } or None
     if data.norm_dict is None:
         raise SaltError("data.norm_dict is not set: point it to UPP's norm_dict.yaml.")
+    if model_args.get("mask_decoder") is not None:
+        if not data.get("mf_config"):
+            raise SaltError(
+                "model.model.init_args.mask_decoder needs data.mf_config: the truth object "
+                "dataset (name, id_label, class_label, object_classes) and the constituents' id "
+                "label (constituent: {name: tracks, id_label: ftagTruthParentBarcode})."
+            )
+        # the model maps the object classes and matches constituents to objects itself
+        mf_config = data.mf_config
+        model_args.mf_config = mf_config.as_dict() if hasattr(mf_config, "as_dict") else mf_config
 
     labels: dict[str, list[str]] = {}
     label_classes: dict[str, dict[str, int]] = {}

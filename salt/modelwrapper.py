@@ -181,7 +181,7 @@ class ModelWrapper(L.LightningModule):
     def total_loss(self, losses: dict[str, Tensor]) -> Tensor:
         """The loss that is minimised: the tasks' weighted losses, summed or (GLS) their
         geometric mean."""
-        weighted = [t.loss_weight * losses[t.name] for t in self.model.tasks if t.name in losses]
+        weighted = [self.model.loss_weight(name) * loss for name, loss in losses.items()]
         if self.loss_mode == "GLS":
             # exp(mean(log)) rather than a product: twelve small losses underflow a product
             return torch.stack(weighted).clamp(min=1e-12).log().mean().exp()
