@@ -15,6 +15,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from salt.errors import SaltError
 from salt.models.layout import host_sizes
+from salt.models.object_tasks import OBJECT_OUTPUTS
 from salt.models.saltmodel import SaltModel
 from salt.models.tasks import ClassificationTask
 
@@ -192,6 +193,8 @@ class ModelWrapper(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> Tensor:
         outputs, total = self._shared_step(batch, "val")
+        # the mask decoder's objects, for salt.callbacks.MaskformerMetrics
+        self.val_objects = outputs.get(OBJECT_OUTPUTS)
         if self.jet_task is not None:
             self._update_jet_metrics(outputs[self.jet_task.name], batch)
         return total

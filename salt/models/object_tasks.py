@@ -187,8 +187,9 @@ def track_object_index(out: MaskDecoderOutput, layout, threshold: float = 0.5) -
 
 
 def object_predictions(out: MaskDecoderOutput, layout) -> dict[str, Tensor]:
-    """``probs`` (B, Q, C+1) and ``track_index`` (per track) of the decoder's objects."""
+    """``probs`` (B, Q, C+1), and per track ``track_index`` and ``mask_logits`` (Q each)."""
     return {
         "probs": torch.softmax(out.objects.class_logits.float(), -1),
         "track_index": track_object_index(out, layout),
+        "mask_logits": out.objects.mask_logits.float(),
     }
