@@ -198,7 +198,9 @@ class MaskDecoderLayer(nn.Module):
         selected = padded.transpose(1, 2) > self.logit_threshold
         jet_tracks = torch.ones_like(selected) if valid is None else valid[:, None, :]
         selected = selected & jet_tracks
-        return torch.where(selected.any(-1, keepdim=True), selected, jet_tracks)
+        # a query selecting none sees all the jet's tracks (logic ops: onnxruntime has no
+        # Where on booleans)
+        return selected | (jet_tracks & ~selected.any(-1, keepdim=True))
 
     def forward(
         self, q: Tensor, x: Tensor, layout, masks: Tensor | None = None
