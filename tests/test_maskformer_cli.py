@@ -148,3 +148,18 @@ def test_onnx_export_passes_parity_with_object_outputs(run):
         assert got[f"{NAME}_ObjectIndex"].shape == (n_tracks,)
         total = sum(got[f"{NAME}_object_p{c}"] for c in OBJECT_CLASSES)
         np.testing.assert_allclose(total, np.ones(5), atol=1e-5)
+
+
+def test_mask_decoder_without_mf_config_stops_before_training(tmp_path):
+    files = write_demo_dataset(tmp_path / "demo", num_jets=300, seed=4, classes="bjets,cjets,ujets")
+    cwd = tmp_path / "work"
+    cwd.mkdir()
+    result = run_salt(
+        ["fit", "--config", str(CONFIG), "--data.mf_config", "null",
+         "--data.train_file", str(files["train"]), "--data.val_file", str(files["val"]),
+         "--data.norm_dict", str(files["norm_dict"]), "--trainer.accelerator", "cpu"],
+        cwd, check=False, env={"OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "mask_decoder needs data.mf_config" in result.stderr
+    assert not (cwd / "logs").exists() or not any((cwd / "logs").iterdir())
