@@ -95,6 +95,7 @@ def derive(config, subcommand: str) -> None:
         # the model maps the object classes and matches constituents to objects itself
         mf_config = data.mf_config
         model_args.mf_config = mf_config.as_dict() if hasattr(mf_config, "as_dict") else mf_config
+        _object_sizes(model_args)
 
     labels: dict[str, list[str]] = {}
     label_classes: dict[str, dict[str, int]] = {}
@@ -155,6 +156,22 @@ def derive(config, subcommand: str) -> None:
     data.labels = labels
     data.label_classes = label_classes
     data.label_maps = label_maps
+
+
+def _object_sizes(model_args) -> None:
+    """The mask decoder's sizes that follow from the rest: ``loss_config.num_classes`` from the
+    object classes (the null class is not counted), an object task's input size from the
+    decoder's ``embed_dim``."""
+    decoder = model_args.mask_decoder.init_args
+    loss = decoder.get("loss_config")
+    classes = (model_args.mf_config.get("object") or {}).get("object_classes") or {}
+    if isinstance(loss, dict) and "num_classes" not in loss and len(classes) > 1:
+        loss["num_classes"] = len(classes) - 1
+    for task in model_args.tasks or []:
+        args = task.init_args
+        dense = args.get("dense_config")
+        if args.get("input_name") == "objects" and isinstance(dense, dict):
+            dense.setdefault("input_size", decoder.get("embed_dim"))
 
 
 def check_inputs(config, subcommand: str) -> None:

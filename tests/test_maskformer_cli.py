@@ -163,3 +163,31 @@ def test_mask_decoder_without_mf_config_stops_before_training(tmp_path):
     assert result.returncode != 0
     assert "mask_decoder needs data.mf_config" in result.stderr
     assert not (cwd / "logs").exists() or not any((cwd / "logs").iterdir())
+
+
+def test_sizes_that_follow_from_the_config_are_derived(tmp_path):
+    """loss_config.num_classes follows from mf_config's object classes and the object task's
+    input size from the decoder's embed_dim: a config in salt's schema may leave them out."""
+    files = write_demo_dataset(tmp_path / "demo", num_jets=300, seed=4, classes="bjets,cjets,ujets")
+    cwd = tmp_path / "work"
+    cwd.mkdir()
+    run_salt(["migrate-config", str(CONFIG), "-o", str(cwd / "salt.yaml")], cwd)
+    config = yaml.safe_load((cwd / "salt.yaml").read_text())
+    model = config["model"]["model"]["init_args"]
+    model["mask_decoder"]["init_args"]["loss_config"].pop("num_classes")
+    (task,) = [t for t in model["tasks"] if t["init_args"]["input_name"] == "objects"]
+    task["init_args"]["dense_config"].pop("input_size")
+    (cwd / "salt.yaml").write_text(yaml.safe_dump(config))
+    run_salt(
+        ["fit", "--config", "salt.yaml", "--data.train_file", str(files["train"]),
+         "--data.val_file", str(files["val"]), "--data.norm_dict", str(files["norm_dict"]),
+         "--data.class_dict", str(files["class_dict"]),
+         "--trainer.accelerator", "cpu", "--trainer.precision", "32", "--trainer.max_epochs", "1",
+         "--force"],
+        cwd, env={"OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    written = yaml.safe_load((only_run_dir(cwd) / "config.yaml").read_text())
+    model = written["model"]["model"]["init_args"]
+    assert model["mask_decoder"]["init_args"]["loss_config"]["num_classes"] == 2
+    (task,) = [t for t in model["tasks"] if t["init_args"]["input_name"] == "objects"]
+    assert task["init_args"]["dense_config"]["input_size"] == 32
