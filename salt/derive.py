@@ -20,7 +20,7 @@ CLASSIFICATION = "salt.models.tasks.ClassificationTask"
 # data options that change what the dataset reads, checked against the first file before building
 EARLY_CHECKED_OPTIONS = (
     "non_finite_to_num", "selections", "labeller_config", "label_maps", "multi_target",
-    "parameters",
+    "parameters", "mf_config",
 )  # fmt: skip
 REGRESSION = ("salt.models.tasks.RegressionTask", "salt.models.tasks.GaussianRegressionTask")
 
@@ -85,6 +85,17 @@ def derive(config, subcommand: str) -> None:
     } or None
     if data.norm_dict is None:
         raise SaltError("data.norm_dict is not set: point it to UPP's norm_dict.yaml.")
+    if model_args.get("mask_decoder") is not None:
+        if not data.get("mf_config"):
+            raise SaltError(
+                "model.model.init_args.mask_decoder needs data.mf_config: the truth object "
+                "dataset (name, id_label, class_label, object_classes) and the constituents' id "
+                "label (constituent: {name: tracks, id_label: ftagTruthParentBarcode})."
+            )
+        # the model maps the object classes and matches constituents to objects itself
+        mf_config = data.mf_config
+        model_args.mf_config = mf_config.as_dict() if hasattr(mf_config, "as_dict") else mf_config
+        _object_sizes(model_args)
 
     labels: dict[str, list[str]] = {}
     label_classes: dict[str, dict[str, int]] = {}
@@ -145,6 +156,22 @@ def derive(config, subcommand: str) -> None:
     data.labels = labels
     data.label_classes = label_classes
     data.label_maps = label_maps
+
+
+def _object_sizes(model_args) -> None:
+    """The mask decoder's sizes that follow from the rest: ``loss_config.num_classes`` from the
+    object classes (the null class is not counted), an object task's input size from the
+    decoder's ``embed_dim``."""
+    decoder = model_args.mask_decoder.init_args
+    loss = decoder.get("loss_config")
+    classes = (model_args.mf_config.get("object") or {}).get("object_classes") or {}
+    if isinstance(loss, dict) and "num_classes" not in loss and len(classes) > 1:
+        loss["num_classes"] = len(classes) - 1
+    for task in model_args.tasks or []:
+        args = task.init_args
+        dense = args.get("dense_config")
+        if args.get("input_name") == "objects" and isinstance(dense, dict):
+            dense.setdefault("input_size", decoder.get("embed_dim"))
 
 
 def check_inputs(config, subcommand: str) -> None:

@@ -15,6 +15,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from salt.errors import SaltError
 from salt.models.layout import host_sizes
+from salt.models.object_tasks import OBJECT_OUTPUTS
 from salt.models.saltmodel import SaltModel
 from salt.models.tasks import ClassificationTask
 
@@ -181,7 +182,7 @@ class ModelWrapper(L.LightningModule):
     def total_loss(self, losses: dict[str, Tensor]) -> Tensor:
         """The loss that is minimised: the tasks' weighted losses, summed or (GLS) their
         geometric mean."""
-        weighted = [t.loss_weight * losses[t.name] for t in self.model.tasks if t.name in losses]
+        weighted = [self.model.loss_weight(name) * loss for name, loss in losses.items()]
         if self.loss_mode == "GLS":
             # exp(mean(log)) rather than a product: twelve small losses underflow a product
             return torch.stack(weighted).clamp(min=1e-12).log().mean().exp()
@@ -192,6 +193,8 @@ class ModelWrapper(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> Tensor:
         outputs, total = self._shared_step(batch, "val")
+        # the mask decoder's objects, for salt.callbacks.MaskformerMetrics
+        self.val_objects = outputs.get(OBJECT_OUTPUTS)
         if self.jet_task is not None:
             self._update_jet_metrics(outputs[self.jet_task.name], batch)
         return total

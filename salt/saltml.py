@@ -23,6 +23,9 @@ What differs between the schemas (salt-ml on the left):
   defaults written out (ReLU, one hidden layer twice the number of parameters).
   ``data.edge_constructors``, ``data.parameters`` and ``data.variables.parameters`` keep their
   form.
+* ``mask_decoder`` (`salt.models.maskformer.MaskDecoder`) keeps its keys; its ``class_net``
+  and ``mask_net`` Dense layers get salt-ml's Dense defaults written out (ReLU, one hidden layer
+  twice the input size), and ``data.mf_config`` keeps its form.
 * trainer callbacks of salt-ml -> salt's (TQDMProgressBar -> salt's ProgressBar, ...); salt's
   checkpoint, progress and interruption callbacks are always kept.
 
@@ -219,7 +222,15 @@ class Translator:
         key = "model.model.init_args"
         self.check_keys(
             args,
-            ("init_nets", "encoder", "pool_net", "tasks", "edge_init_nets", "featurewise_nets"),
+            (
+                "init_nets",
+                "encoder",
+                "pool_net",
+                "tasks",
+                "edge_init_nets",
+                "featurewise_nets",
+                "mask_decoder",
+            ),
             key,
         )
         variables = data.get("variables") or {}
@@ -246,6 +257,8 @@ class Translator:
             ]
         if args.get("encoder") is not None:
             args["encoder"] = self.encoder(args["encoder"], f"{key}.encoder")
+        if args.get("mask_decoder") is not None:
+            args["mask_decoder"] = self.mask_decoder(args["mask_decoder"], f"{key}.mask_decoder")
         if args.get("pool_net") is not None:
             pool = args["pool_net"]
             if _short(pool.get("class_path", "")) != "GlobalAttentionPooling":
@@ -411,6 +424,53 @@ class Translator:
             if args.get(name):
                 out[name] = args[name]
         return {"class_path": "salt.models.Transformer", "init_args": out}
+
+    def mask_decoder(self, decoder: dict, key: str) -> dict:
+        kind = _short(decoder.get("class_path", "MaskDecoder"))
+        if kind != "MaskDecoder":
+            self.fail(f"{key}.class_path", f"'{kind}' has no equivalent; salt has MaskDecoder.")
+        args = dict(decoder.get("init_args") or {})
+        key = f"{key}.init_args"
+        self.check_keys(
+            args,
+            (
+                "num_objects",
+                "embed_dim",
+                "num_layers",
+                "md_config",
+                "class_net",
+                "mask_net",
+                "loss_config",
+                "aux_loss",
+            ),
+            key,
+        )
+        md_config = dict(args.get("md_config") or {})
+        self.check_keys(
+            md_config, ("mask_attention", "bidirectional_ca", "n_heads"), f"{key}.md_config"
+        )
+        out = {k: args[k] for k in ("num_objects", "embed_dim", "num_layers") if k in args}
+        out["md_config"] = md_config
+        for name in ("class_net", "mask_net"):
+            net = args.get(name)
+            if not isinstance(net, dict) or _short(net.get("class_path", "")) != "Dense":
+                self.fail(f"{key}.{name}", "expected a salt.models.Dense.")
+            dense = self.dense(dict(net.get("init_args") or {}), f"{key}.{name}.init_args", ())
+            if dense.get("context_size"):
+                self.fail(f"{key}.{name}.init_args.context_size", "a decoder head has no context.")
+            if "hidden_layers" not in dense and dense.get("input_size"):
+                dense["hidden_layers"] = [2 * int(dense["input_size"])]  # salt-ml's default
+            out[name] = {"class_path": "salt.models.Dense", "init_args": dense}
+        loss = dict(args.get("loss_config") or {})
+        self.check_keys(loss, ("num_classes", "loss_weights"), f"{key}.loss_config")
+        weights = dict(loss.get("loss_weights") or {})
+        loss["loss_weights"] = {
+            k: _number(v, f"{key}.loss_config.loss_weights.{k}", self) for k, v in weights.items()
+        }
+        out["loss_config"] = loss
+        if "aux_loss" in args:
+            out["aux_loss"] = args["aux_loss"]
+        return {"class_path": "salt.models.MaskDecoder", "init_args": out}
 
     # ----------------------------------------------------------------------------- tasks
     def task(self, task: dict, key: str) -> dict:

@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 from lightning.pytorch.callbacks import Callback
 
+from salt.callbacks.object_outputs import object_fields, track_fields
 from salt.data.h5files import open_h5
+from salt.errors import SaltError
 from salt.export.outputs import output_fields
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,11 @@ class PredictionWriter(Callback):
         Also write a ``tracks`` dataset: track-origin probabilities, the arg-max origin and the
         predicted vertex index (as ``<name>_aux_TrackOrigin`` / ``<name>_aux_VertexIndex``, the
         names puma's AuxResults reads), plus the track variables of `extra_vars`.
+    write_objects
+        For a model with a mask decoder (MaskFormer): also write an ``objects`` dataset, one row
+        per object query of each jet (class probabilities, regressed properties, predicted
+        class and index), and with `write_tracks` each track's object index
+        (``<name>_aux_ObjectIndex``); see salt.callbacks.object_outputs.
     half_precision
         Store floats as float16 (ftag H5Writer's ``precision="half"``).
     extra_vars
@@ -66,6 +73,7 @@ class PredictionWriter(Callback):
     def __init__(
         self,
         write_tracks: bool = False,
+        write_objects: bool = False,
         half_precision: bool = False,
         extra_vars: dict[str, list[str]] | None = None,
         report: bool = True,
@@ -74,6 +82,7 @@ class PredictionWriter(Callback):
     ):
         super().__init__()
         self.write_tracks = write_tracks
+        self.write_objects = write_objects
         self.half_precision = half_precision
         self.extra_vars = extra_vars or {}
         self.report = report
@@ -85,6 +94,11 @@ class PredictionWriter(Callback):
         self.dataset = data.datasets["test"]
         self.model = pl_module.model
         self.name = pl_module.name
+        if self.write_objects and getattr(self.model, "objects", None) is None:
+            raise SaltError(
+                "PredictionWriter write_objects: true needs a model with a mask_decoder; set "
+                "write_objects: false."
+            )
         if trainer.ckpt_path is None:
             raise RuntimeError("PredictionWriter needs the checkpoint path to name its output")
         self.path = output_path(trainer.ckpt_path, data.sources["test"][0], data.test_suff)
@@ -117,10 +131,17 @@ class PredictionWriter(Callback):
         jet_fields = self._jet_outputs()
         jets = self._with_extras(self.model.global_object, n_jets, DEFAULT_JET_VARS, jet_fields)
         arrays = {"jets": jets}
+        track_extra: dict[str, np.ndarray] = {}
+        if self.write_objects:
+            arrays["objects"], track_extra = object_fields(
+                self.model, self.name, self.fields, self._collect
+            )
+            if self.model.objects.constituent != self._tracks_name():
+                track_extra = {}  # the object index follows the decoder's own constituents
         tracks_name = self._tracks_name()
         if self.write_tracks and tracks_name is not None:
             valid = np.concatenate(self.valid)
-            fields = self._track_outputs(valid)
+            fields = self._track_outputs(valid) | track_fields(track_extra, valid)
             arrays["tracks"] = self._with_extras(tracks_name, n_jets, DEFAULT_TRACK_VARS, fields)
         self._write(arrays)
         if self.report:

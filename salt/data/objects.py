@@ -94,7 +94,7 @@ class ObjectConfig:
                     f"data.mf_config.object.object_classes.{name}: expected {{raw: <integer "
                     f"value in the file>, mapped: <class index>}}, found {entry!r}."
                 ) from None
-            names.append(str(name))
+            names.append("null" if name is None else str(name))  # YAML's `null:` key
         if len(set(raw)) != len(raw):
             raise SaltError(
                 f"data.mf_config.object.object_classes: two classes share a raw value ({raw})."

@@ -113,6 +113,34 @@ def render_markdown(report: dict) -> str:
             )
         lines.append("")
 
+    found = report.get("vertex_finding")
+    if found:
+        crit = found["criteria"]
+        lines += [
+            "## Vertex finding (MaskFormer objects)",
+            "",
+            f"A predicted object finds a true one when it holds >= {crit['min_efficiency']:g} "
+            f"of the true object's tracks and >= {crit['min_purity']:g} of its own tracks are "
+            f"the true object's (one to one; mask: sigmoid > {crit['mask_threshold']:g}). "
+            "Efficiency = found / true objects with tracks; fake rate = predicted objects "
+            "finding nothing / predicted objects of the class.",
+            "",
+            "| class | efficiency | fake rate | true | found | predicted | fake |",
+            "|---" * 7 + "|",
+        ]
+        counts, rates = found["counts"], found["rates"]
+        for name in found["classes"]:
+            lines.append(
+                f"| {name} | {_fmt(rates[f'{name}_eff'], 3)} "
+                f"| {_fmt(rates[f'{name}_fake_rate'], 3)} | {counts[f'{name}_true']} "
+                f"| {counts[f'{name}_found']} | {counts[f'{name}_pred']} "
+                f"| {counts[f'{name}_fake']} |"
+            )
+        lines += [
+            f"| all | {_fmt(rates['all_eff'], 3)} | {_fmt(rates['all_fake_rate'], 3)} | | | | |",
+            "",
+        ]
+
     plots = [report["plots"]["roc"], *report["plots"]["track_origin"]]
     lines += ["## Plots", "", *[f"- ![{p}]({p})" for p in plots], ""]
     return "\n".join(lines)

@@ -16,6 +16,11 @@ which `salt test` uses for its prediction files as well:
 * ``<name>_TrackOrigin``: the most probable ``ftagTruthOriginLabel`` class per track, int8 (n,).
 * ``<name>_VertexIndex``: per track, the smallest track index of its vertex (the connected
   component of track pairs with a positive vertexing logit), int8 (n,).
+* With a mask decoder (MaskFormer): ``<name>_object_p<class>``, each object query's class
+  probabilities (the ``data.mf_config`` object classes, null included), float32 (Q,);
+  ``<name>_<target>`` of the object regression, float32 (Q,); ``<name>_ObjectIndex``, per
+  track the query of the predicted object that owns it (-1: none), int8 (n,). A prediction
+  file holds these in its ``objects`` dataset instead (salt.callbacks.object_outputs).
 
 ``--combine_outputs plight=pu+pg`` adds ``<name>_plight``, the sum of ``<name>_pu`` and
 ``<name>_pg``; ``--rename pb:pbottom`` renames ``<name>_pb`` to ``<name>_pbottom``. Names may
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from salt.data.objects import OBJECTS
 from salt.errors import SaltError, close_matches
 from salt.models.saltmodel import SaltModel
 from salt.models.tasks import (
@@ -73,7 +79,7 @@ class Source:
     @property
     def dtype(self) -> str:
         """In ONNX: int8 for a constituent's class or vertex index, float32 for the rest."""
-        return "int8" if self.key in ("argmax", "vertex_index") else "float32"
+        return "int8" if self.key in ("argmax", "vertex_index", "track_index") else "float32"
 
 
 @dataclass
@@ -177,6 +183,13 @@ class OutputPlan:
             self.rename_args.append(spec)
 
 
+def _relative(task, i: int) -> bool:
+    """Whether target `i` is compared relative to its value: divided by a per-jet denominator,
+    or learnt as a log (its precision in float32 is relative then)."""
+    log_scaled = task.scaler.active and int(task.scaler.ops[i]) == task.scaler.OPS.index("log")
+    return bool(task.target_denominators) or log_scaled
+
+
 def _regression_outputs(task, head: str, constituent: str | None) -> list[Source]:
     """``<head>_<target>`` (and ``_stddev``) per target, per jet or per constituent."""
     labels = list(getattr(task, "custom_output_names", None) or task.targets)
@@ -195,7 +208,7 @@ def _regression_outputs(task, head: str, constituent: str | None) -> list[Source
                 Source(
                     f"{head}_{label}{suffix}", task.name, key, i, constituent,
                     f"{'std. dev. of ' if suffix else ''}{target}{per} ({task.name})",
-                    float(task.std[i]), relative=bool(task.target_denominators),
+                    float(task.std[i]), relative=_relative(task, i),
                 )
             )  # fmt: skip
     return out
@@ -281,7 +294,29 @@ def output_fields(model: SaltModel, prefix: str, for_file: bool = False) -> list
                     "already: give the tasks distinct names."
                 )
         sources += own
+    objects = getattr(model, "objects", None)
+    if objects is not None and not for_file:
+        sources += _object_outputs(objects, prefix)
     return sources
+
+
+def _object_outputs(objects, prefix: str) -> list[Source]:
+    """The mask decoder's object class probabilities and per-track object index (ONNX)."""
+    out = [
+        Source(
+            f"{prefix}_object_p{cls}", OBJECTS, "probs", i, OBJECTS,
+            f"probability that each object query is a {cls} object",
+        )
+        for i, cls in enumerate(objects.classes.names)
+    ]  # fmt: skip
+    what = objects.constituent.removesuffix("s")
+    out.append(
+        Source(
+            f"{prefix}_ObjectIndex", OBJECTS, "track_index", None, objects.constituent,
+            f"object query owning each {what} (-1: none)",
+        )
+    )  # fmt: skip
+    return out
 
 
 def output_plan(model: SaltModel, prefix: str) -> OutputPlan:

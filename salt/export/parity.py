@@ -30,6 +30,7 @@ from salt.data.dataset import JetDataset
 from salt.errors import SaltError
 from salt.export.outputs import OutputPlan
 from salt.export.wrapper import ExportModel
+from salt.models.object_tasks import OBJECT_OUTPUTS
 from salt.models.saltmodel import GLOBAL_EXTRAS, SaltModel
 from salt.models.tasks import ClassificationTask, VertexingTask
 
@@ -160,6 +161,20 @@ def _near_ties(task, output: torch.Tensor, layout) -> np.ndarray:
     return jet_close[layout.batch].numpy()
 
 
+def _object_ties(out, layout) -> np.ndarray:
+    """(N,) bool: tracks whose object index may flip: a query of the jet near a class tie, or
+    a mask logit of the track near the mask cut or near the track's other mask logits."""
+    top2 = torch.softmax(out.objects.class_logits.float(), -1).topk(2, dim=-1).values
+    jet_close = (top2[..., 0] - top2[..., 1] < TIE).any(-1)  # (B,)
+    logits = out.objects.mask_logits.float()  # (N, Q)
+    near_cut = (logits.abs() < TIE).any(-1)  # the cut of sigmoid > 0.5 is a logit of 0
+    near_other = torch.zeros_like(near_cut)
+    if logits.shape[-1] > 1:
+        best = logits.topk(2, dim=-1).values
+        near_other = best[:, 0] - best[:, 1] < TIE
+    return (jet_close[layout.batch] | near_cut | near_other).numpy()
+
+
 @torch.no_grad()
 def reference(model: SaltModel, pset: ParitySet, plan: OutputPlan) -> Reference:
     """Run the parity jets through `model` as training does: packed, in batches."""
@@ -180,17 +195,21 @@ def reference(model: SaltModel, pset: ParitySet, plan: OutputPlan) -> Reference:
         outputs, _, layouts = model.run(inputs, valid or None)
         predictions = model.task_predictions(outputs, layouts, inputs)
         for source in plan.sources:
-            task = next(t for t in model.tasks if t.name == source.task)
-            layout = layouts[task.name]
-            value = predictions[task.name][source.key]
+            task = next((t for t in model.tasks if t.name == source.task), None)
+            value = predictions[source.task][source.key]
             if source.column is not None:
                 value = value[..., source.column]
-            values.setdefault(source.name, []).append(value.float().numpy())
+            # per-object outputs (jets, Q) are compared jet after jet, as ONNX gives them
+            values.setdefault(source.name, []).append(value.float().numpy().reshape(-1))
             if source.constituent is not None and isinstance(
                 task, ClassificationTask | VertexingTask
             ):
                 ties.setdefault(source.name, []).append(
-                    _near_ties(task, outputs[task.name], layout)
+                    _near_ties(task, outputs[task.name], layouts[task.name])
+                )
+            elif source.key == "track_index":
+                ties.setdefault(source.name, []).append(
+                    _object_ties(outputs[OBJECT_OUTPUTS], layouts[OBJECT_OUTPUTS])
                 )
     joined = plan.finish({k: np.concatenate(v) for k, v in values.items()})
     final = dict(zip([s.name for s in plan.sources], plan.names))

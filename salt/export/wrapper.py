@@ -26,6 +26,8 @@ from torch import Tensor, nn
 from salt.export.outputs import OutputPlan
 from salt.models.attention import MultiheadAttention
 from salt.models.layout import Padded
+from salt.models.maskformer import CrossAttention
+from salt.models.object_tasks import OBJECT_OUTPUTS
 from salt.models.saltmodel import GLOBAL_EXTRAS, SaltModel
 from salt.models.tasks import VertexingTask
 
@@ -77,7 +79,7 @@ def export_copy(model: SaltModel) -> SaltModel:
     RMS norms written out."""
     model = copy.deepcopy(model).eval()
     for module in model.modules():
-        if isinstance(module, MultiheadAttention):
+        if isinstance(module, MultiheadAttention | CrossAttention):
             module.backend = "math"
         for name, child in module.named_children():
             if isinstance(child, nn.RMSNorm):
@@ -122,6 +124,7 @@ class ExportModel(nn.Module):
             inputs[obj] = x if obj in self.jet_level else x[None]  # one jet: (1, n, F)
         raw, _ = self.model(inputs)
         layouts = {task.name: Padded(None) for task in self.model.tasks}
+        layouts[OBJECT_OUTPUTS] = Padded(None)
         predictions = self.model.task_predictions(raw, layouts, inputs, skip=(VertexingTask,))
         for task in self.model.tasks:
             if isinstance(task, VertexingTask):

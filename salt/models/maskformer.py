@@ -198,7 +198,9 @@ class MaskDecoderLayer(nn.Module):
         selected = padded.transpose(1, 2) > self.logit_threshold
         jet_tracks = torch.ones_like(selected) if valid is None else valid[:, None, :]
         selected = selected & jet_tracks
-        return torch.where(selected.any(-1, keepdim=True), selected, jet_tracks)
+        # a query selecting none sees all the jet's tracks (logic ops: onnxruntime has no
+        # Where on booleans)
+        return selected | (jet_tracks & ~selected.any(-1, keepdim=True))
 
     def forward(
         self, q: Tensor, x: Tensor, layout, masks: Tensor | None = None
@@ -211,9 +213,8 @@ class MaskDecoderLayer(nn.Module):
         update = self.q_cross(
             self.norm_q[0](q), dense, self.norm_kv(x), layout, self._allowed(masks, layout)
         )
-        has_tracks = _has_tracks(layout)
-        if has_tracks is not None:  # queries of a jet without tracks learn nothing from tracks
-            update = update * has_tracks.to(update.dtype)[:, None, None]
+        # queries of a jet without tracks learn nothing from tracks (not even the output bias)
+        update = update * _has_tracks(layout, x).to(update.dtype)[:, None, None]
         q = q + update
         q = q + self.q_self(self.norm_q[1](q), dense)
         q = q + self.q_ff(self.norm_q[2](q))
@@ -223,11 +224,15 @@ class MaskDecoderLayer(nn.Module):
         return q, x
 
 
-def _has_tracks(layout) -> Tensor | None:
-    """(B,) bool, whether each jet has a track; None when every jet has all its slots."""
+def _has_tracks(layout, x: Tensor) -> Tensor:
+    """(B,) whether each jet has a track (bool, or 0/1 for a padded jet without a mask)."""
     if isinstance(layout, Packed):
         return layout.lengths > 0
-    return None if layout.mask is None else layout.mask.any(-1)
+    if layout.mask is not None:
+        return layout.mask.any(-1)
+    # every slot is a track: a jet has one when it has a slot; computed from the data, not the
+    # shape, so that an exported graph keeps it for any track count
+    return x.new_ones(x.shape[:2]).sum(1).clamp(max=1)
 
 
 class MaskDecoder(nn.Module):

@@ -67,7 +67,8 @@ class ObjectClasses:
         raw = [int(v["raw"]) for _, v in by_mapped]
         if len(set(raw)) != len(raw):
             raise SaltError(f"{where}: two classes share a raw label: {raw}.")
-        return cls(tuple(n for n, _ in by_mapped), tuple(raw))
+        # YAML reads an unquoted `null:` key as None: the null class's usual name
+        return cls(tuple("null" if n is None else str(n) for n, _ in by_mapped), tuple(raw))
 
     @property
     def num_classes(self) -> int:

@@ -19,6 +19,10 @@ constituents, embedded by that type's edge init net and placed among the ordered
 merged token set (packed: P rows; padded: a (B, L, L) grid); the encoder's attention reads them.
 Jet-level parameters (salt.models.featurewise) join every init net's inputs, or condition the
 model through featurewise transforms.
+
+A mask decoder (MaskFormer, salt.models.maskformer) reads the encoded tokens of the
+`data.mf_config` constituent type and predicts objects (e.g. hadrons) per jet beside the other
+tasks; a regression task on ``objects`` regresses their properties (salt.models.object_tasks).
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from salt.models.featurewise import Featurewise, parameter_norm
 from salt.models.initnet import InitNet
 from salt.models.inputnorm import InputNorm
 from salt.models.layout import Packed, Padded
+from salt.models.maskformer import MaskDecoder
+from salt.models.object_tasks import OBJECT_OUTPUTS, ObjectSetup, object_predictions
 from salt.models.tasks import RegressionTask, TaskBase
 from salt.models.transformer import Transformer
 
@@ -85,6 +91,13 @@ class SaltModel(nn.Module):
         ``[{layer: input|encoder|global, dense_config_scale, dense_config_bias, apply_norm}]``:
         featurewise transforms by the parameters (salt.models.featurewise). Without them, or with
         none at ``input``, the parameters are concatenated to every init net's inputs.
+    mask_decoder
+        A `MaskDecoder` after the encoder, on the tokens of ``mf_config``'s constituent type
+        (the encoder's output, before any decoder update); a `RegressionTask` with
+        ``input_name: objects`` regresses the decoded objects' properties. Its losses join the
+        tasks' (``object_class_ce``, ``mask_ce``, ... and the regression task's name).
+    mf_config
+        data.mf_config (filled in by `salt`): the truth objects and the constituents' id label.
     """
 
     def __init__(
@@ -101,6 +114,8 @@ class SaltModel(nn.Module):
         edge_features: dict[str, list[str]] | None = None,
         edge_init_nets: list[dict] | None = None,
         featurewise_nets: list[dict] | None = None,
+        mask_decoder: MaskDecoder | None = None,
+        mf_config: dict | None = None,
     ):
         super().__init__()
         if variables is None:
@@ -186,6 +201,10 @@ class SaltModel(nn.Module):
             edge_features or {}, edge_init_nets or [], self.variables, self.constituents,
             edge_dim_of(encoder),
         )  # fmt: skip
+        self.mask_decoder = mask_decoder
+        self.objects = None
+        if mask_decoder is not None:
+            self.objects = ObjectSetup(mf_config or {}, mask_decoder, tasks)
         self._check_sizes()
 
     # ----------------------------------------------------------------------------- checks
@@ -231,7 +250,26 @@ class SaltModel(nn.Module):
         elif self.encoder is not None:
             raise SaltError("an encoder needs constituents (init nets besides the jets').")
         jet_size = self.jet_size
+        if self.objects is not None:
+            if self.objects.constituent not in self.constituents:
+                raise SaltError(
+                    f"data.mf_config.constituent.name is '{self.objects.constituent}', which is "
+                    f"not a constituent input of this model ({', '.join(self.constituents)})."
+                )
+            if self.mask_decoder.embed_dim != token_size:
+                raise SaltError(
+                    f"mask_decoder embed_dim {self.mask_decoder.embed_dim} differs from the "
+                    f"{'encoder out_dim' if self.encoder is not None else 'embedding'} "
+                    f"{token_size}; make them equal."
+                )
         for task in self.tasks:
+            if task.input_name == OBJECT_OUTPUTS:
+                if self.objects is None:
+                    raise SaltError(
+                        f"task '{task.name}' reads 'objects', which only a mask_decoder "
+                        "predicts; add model.model.init_args.mask_decoder."
+                    )
+                continue  # checked by ObjectSetup
             on_jets = task.input_name == self.global_object
             if not on_jets and task.input_name not in self.constituents:
                 raise SaltError(
@@ -417,7 +455,11 @@ class SaltModel(nn.Module):
         if GLOBAL_EXTRAS in self.variables:
             pooled = torch.cat([pooled, self.norms[GLOBAL_EXTRAS](inputs[GLOBAL_EXTRAS])], -1)
         outputs, losses, task_layouts = {}, {}, {}
+        if self.objects is not None:
+            losses.update(self._decode(tokens, layouts, labels, outputs, task_layouts))
         for task in self.tasks:
+            if task.input_name == OBJECT_OUTPUTS:
+                continue  # run by the decoder
             if task.input_name == self.global_object:
                 features, layout, context = pooled, None, None
             else:
@@ -429,6 +471,37 @@ class SaltModel(nn.Module):
             if loss is not None:
                 losses[task.name] = loss
         return outputs, losses, task_layouts
+
+    def _decode(self, tokens, layouts, labels, outputs, task_layouts) -> dict[str, Tensor]:
+        """Run the mask decoder on its constituents' tokens; its losses when labelled.
+
+        Puts the `MaskDecoderOutput` in ``outputs["objects"]`` and the object regression (B, Q,
+        R, scaled) under its task's name.
+        """
+        name = self.objects.constituent
+        x, layout = tokens[name], layouts[name]
+        head = self.objects.head()
+        targets = None
+        if labels is not None and OBJECT_OUTPUTS in labels:
+            targets = self.objects.targets(labels, layout)
+        out, losses = self.mask_decoder(x, layout, targets, head)
+        outputs[OBJECT_OUTPUTS] = out
+        task_layouts[OBJECT_OUTPUTS] = layout
+        if head is not None:
+            outputs[head.task.name] = head.predict(out.objects.embed)
+            task_layouts[head.task.name] = None
+        return self.objects.rename_losses(losses or {})
+
+    def loss_weight(self, name: str) -> float:
+        """The weight of the loss `name` in the total: its task's, 1 for the decoder's terms
+        (weighted by loss_config.loss_weights already). An object regression's auxiliary terms
+        (``<task>_layer<i>``) take its task's weight too."""
+        for task in self.tasks:
+            if name == task.name or (
+                task.input_name == OBJECT_OUTPUTS and name.startswith(f"{task.name}_layer")
+            ):
+                return task.loss_weight
+        return 1.0
 
     def forward(
         self,
@@ -458,6 +531,10 @@ class SaltModel(nn.Module):
         too), else by its label.
         """
         out = {}
+        if self.objects is not None:
+            out[OBJECT_OUTPUTS] = object_predictions(
+                outputs[OBJECT_OUTPUTS], layouts[OBJECT_OUTPUTS]
+            )
         for task in self.tasks:
             if isinstance(task, skip):
                 continue
