@@ -22,6 +22,7 @@ DEFAULT_JET_VARS = [
     "pt", "eta", "mass", "pt_btagJes", "eta_btagJes", "n_tracks", "flavour_label",
     "HadronConeExclTruthLabelID", "HadronConeExclExtendedTruthLabelID",
     "HadronConeExclTruthLabelPt", "HadronConeExclTruthLabelLxy", "eventNumber", "mcEventWeight",
+    "R10TruthLabel_R22v1", "GhostBHadronsFinalCount", "GhostCHadronsFinalCount",
 ]  # fmt: skip
 DEFAULT_TRACK_VARS = [
     "valid", "ftagTruthOriginLabel", "ftagTruthVertexIndex", "ftagTruthTypeLabel",
