@@ -94,6 +94,12 @@ def test_test_writes_xbb_probabilities(runs, name):
         assert len(jets) == 100
         # the truth labels travel with the outputs, for the report
         assert {"flavour_label", "R10TruthLabel_R22v1"} <= set(jets.dtype.names)
+    # the report: Higgs-tagging working points and ROC, no b-tagging ones
+    report = json.loads(predictions.with_name(f"{predictions.stem}__report.json").read_text())
+    (model,) = report["models"]
+    assert model["btag"] is None
+    assert [r["hbb_eff"] for r in model["xbb"]["working_points"]] == [0.5, 0.6, 0.7]
+    assert predictions.with_name(f"{predictions.stem}__roc_xbb.png").is_file()
 
 
 @pytest.mark.parametrize("name", list(NAMES))
