@@ -128,7 +128,15 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _section(models, key, classes, titles, eff_key, columns, several) -> list[str]:
+def _section(
+    models: list[dict],
+    key: str,
+    classes: tuple[str, ...],
+    titles: tuple[str, ...],
+    eff_key: str,
+    columns: tuple[tuple[str, str, str, int], ...],
+    several: bool,
+) -> list[str]:
     """Jet counts and the working-point table of one discriminant (`btag` or `xbb`).
 
     `columns` are `(rejection key, class, title, digits)`; with several models, each rejection
