@@ -4,6 +4,9 @@
         [--batch-size 1000] [--steps 20] [--attention packed|padded] [--precision bf16-mixed] \
         [--compile] [--num-workers N] [--json result.json] [-- more salt options]
 
+Configs in salt-ml's schema are translated as `salt fit` does, e.g. GN2XE with its edge features:
+`--config GN2XE.yaml --train-file xbb_demo/pp_output_train.h5 --attention padded`.
+
 Trains through Lightning exactly as `salt fit` does (same datamodule, model, optimiser and
 schedule; no validation, checkpoints or logs) and prints a table, then last one JSON line (also
 written to `--json`) with:
@@ -212,6 +215,9 @@ def main(argv: list[str] | None = None) -> dict:
         args.attention,
         "--trainer.accelerator",
         args.accelerator,
+        # one device, whatever the config trains on (salt-ml's GN2XE names two)
+        "--trainer.devices",
+        "1",
         "--trainer.max_steps",
         str(steps),
         "--trainer.limit_val_batches",

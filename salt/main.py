@@ -148,7 +148,7 @@ def main(args: list[str] | None = None) -> None:
     """Entry point of the `salt` command."""
     argv = list(sys.argv[1:] if args is None else args)
     if argv[:1] == ["plot"]:
-        from salt.evaluation.report import main as plot_main
+        from salt.evaluation.plot_cli import main as plot_main
 
         plot_main(argv[1:])
         return

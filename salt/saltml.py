@@ -26,6 +26,8 @@ What differs between the schemas (salt-ml on the left):
 * ``mask_decoder`` (`salt.models.maskformer.MaskDecoder`) keeps its keys; its ``class_net``
   and ``mask_net`` Dense layers get salt-ml's Dense defaults written out (ReLU, one hidden layer
   twice the input size), and ``data.mf_config`` keeps its form.
+* no ``model.lrs_config`` -> salt-ml's default one-cycle schedule (``SALTML_LRS_DEFAULT``,
+  from salt-ml's base config), said in the one-line note.
 * trainer callbacks of salt-ml -> salt's (TQDMProgressBar -> salt's ProgressBar, ...); salt's
   checkpoint, progress and interruption callbacks are always kept.
 
@@ -71,6 +73,14 @@ REGRESSION_LOSSES = {
     "L1Loss": "l1",
     "HuberLoss": "huber",
     "SmoothL1Loss": "huber",
+}
+# salt-ml's learning-rate schedule when a config gives none (its base.yaml; GN2XE relies on it)
+SALTML_LRS_DEFAULT = {
+    "initial": 1e-7,
+    "max": 5e-4,
+    "end": 1e-7,
+    "pct_start": 0.1,
+    "weight_decay": 1e-5,
 }
 TASKS = ("ClassificationTask", "RegressionTask", "GaussianRegressionTask", "VertexingTask")
 DATA_KEYS = (
@@ -201,7 +211,10 @@ class Translator:
     def model(self, model: dict, data: dict) -> dict:
         self.check_keys(model, ("lrs_config", "model", "optimizer", "loss_mode", "name"), "model")
         lrs = model.get("lrs_config")
-        if isinstance(lrs, dict):
+        if lrs is None:
+            model["lrs_config"] = dict(SALTML_LRS_DEFAULT)
+            self.notes.append(f"model.lrs_config not given: salt-ml's default {SALTML_LRS_DEFAULT}")
+        elif isinstance(lrs, dict):
             if lrs.get("last_epoch", -1) not in (-1, None):
                 self.fail("model.lrs_config.last_epoch", "resume with --ckpt_path instead.")
             lrs.pop("last_epoch", None)

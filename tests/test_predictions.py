@@ -65,7 +65,7 @@ def test_jets_file_for_puma_and_ftag(trained, demo):
         jets["GN2_pb"].astype(np.float64)
         / (0.2 * jets["GN2_pc"] + 0.01 * jets["GN2_ptau"] + 0.79 * jets["GN2_pu"])
     )
-    for wp in model["working_points"]:
+    for wp in model["btag"]["working_points"]:
         cut = np.quantile(disc[flavour == 5], 1 - wp["b_eff"])
         light_eff = (disc[flavour == 0] > cut).mean()
         assert wp["light_rej"] == pytest.approx(1 / light_eff, rel=1e-6)

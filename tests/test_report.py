@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from salt.evaluation import metrics
-from salt.evaluation.report import main, make_report
+from salt.evaluation.plot_cli import main
+from salt.evaluation.report import make_report
 
 N_TRACKS = 40
 ORIGINS = metrics.TRACK_ORIGINS
@@ -145,7 +146,7 @@ def test_rejections_match_numpy(single):
     wps = report["working_points"]
     assert wps == [0.6, 0.7, 0.77, 0.85]
     ref = numpy_rejections(path, "GN2", 0.2, 0.01, wps)
-    rows = report["models"][0]["working_points"]
+    rows = report["models"][0]["btag"]["working_points"]
     np.testing.assert_allclose([r["cut"] for r in rows], ref["cut"], rtol=1e-6, atol=1e-9)
     for name in ("light", "c", "tau"):
         np.testing.assert_allclose([r[f"{name}_rej"] for r in rows], ref[name], rtol=1e-9)
@@ -162,7 +163,7 @@ def test_defaults_from_run_folder(single):
     assert model["label"] == path.parent.parent.name
     assert model["tagger"] == "GN2"
     assert report["sample"] == "ttbar"
-    assert model["fractions"] == pytest.approx({"fc": 0.2, "fu": 0.79, "ftau": 0.01})
+    assert model["btag"]["fractions"] == pytest.approx({"fc": 0.2, "fu": 0.79, "ftau": 0.01})
     stem = path.stem
     assert files.json.parent == path.parent
     assert files.json.name == f"{stem}__report.json"
@@ -284,7 +285,7 @@ def test_several_files_one_roc(tmp_path, monkeypatch):
     report = read_json(files)
     assert [m["label"] for m in report["models"]] == ["weak", "strong"]
     assert report["reference"] == "weak"
-    weak, strong = (m["working_points"][1]["light_rej"] for m in report["models"])
+    weak, strong = (m["btag"]["working_points"][1]["light_rej"] for m in report["models"])
     assert strong > weak
     assert files.roc == tmp_path / "out" / "compare_weak_vs_strong__test_ttbar__roc.png"
     assert files.roc.stat().st_size > 10_000
@@ -376,10 +377,10 @@ def test_without_tracks_and_ptau(tmp_path):
     assert model["track_origin"] is None
     assert model["vertexing"] is None
     assert files.track_origin == []
-    assert model["fractions"] == pytest.approx({"fc": 0.2, "fu": 0.8, "ftau": 0.0})
+    assert model["btag"]["fractions"] == pytest.approx({"fc": 0.2, "fu": 0.8, "ftau": 0.0})
     assert any("f_tau set to 0" in note for note in model["notes"])
     ref = numpy_rejections(path, "GN2", 0.2, 0.0, report["working_points"])
-    np.testing.assert_allclose([r["c_rej"] for r in model["working_points"]], ref["c"])
+    np.testing.assert_allclose([r["c_rej"] for r in model["btag"]["working_points"]], ref["c"])
     md = files.markdown.read_text()
     assert "Track origin" not in md
     assert "Vertexing" not in md
@@ -400,7 +401,7 @@ def test_tagger_inference_and_override(tmp_path):
     )
     assert other["models"][0]["tagger"] == "MockTagger"
     ref = numpy_rejections(path, "MockTagger", 0.2, 0.01, other["working_points"])
-    got = [r["light_rej"] for r in other["models"][0]["working_points"]]
+    got = [r["light_rej"] for r in other["models"][0]["btag"]["working_points"]]
     np.testing.assert_allclose(got, ref["light"], rtol=1e-9)
     with pytest.raises(ValueError, match="NoSuchTagger"):
         make_report(path, taggers="NoSuchTagger", verbose=False, out_dir=tmp_path / "bad")
@@ -417,7 +418,7 @@ def test_cli(tmp_path, capsys):
     assert report["sample"] == "zp"
     assert report["working_points"] == [0.7, 0.85]
     ref = numpy_rejections(path, "GN2", 0.1, 0.05, [0.7, 0.85])
-    got = [r["light_rej"] for r in report["models"][0]["working_points"]]
+    got = [r["light_rej"] for r in report["models"][0]["btag"]["working_points"]]
     np.testing.assert_allclose(got, ref["light"], rtol=1e-9)
     assert (out / "m__test_zprime__roc.png").stat().st_size > 0
     assert (out / "m__test_zprime__track_origin.png").stat().st_size > 0

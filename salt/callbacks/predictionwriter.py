@@ -24,6 +24,7 @@ DEFAULT_JET_VARS = [
     "pt", "eta", "mass", "pt_btagJes", "eta_btagJes", "n_tracks", "flavour_label",
     "HadronConeExclTruthLabelID", "HadronConeExclExtendedTruthLabelID",
     "HadronConeExclTruthLabelPt", "HadronConeExclTruthLabelLxy", "eventNumber", "mcEventWeight",
+    "R10TruthLabel_R22v1", "GhostBHadronsFinalCount", "GhostCHadronsFinalCount",
 ]  # fmt: skip
 DEFAULT_TRACK_VARS = [
     "valid", "ftagTruthOriginLabel", "ftagTruthVertexIndex", "ftagTruthTypeLabel",
@@ -68,6 +69,8 @@ class PredictionWriter(Callback):
         Make the ROC/working-point report (salt.evaluation.report) after writing.
     fc, ftau
         Fractions of the b-tagging discriminant in the report.
+    ftop, fhcc
+        Fractions of the Higgs-tagging discriminant (D_Hbb) in the report.
     """
 
     def __init__(
@@ -79,6 +82,8 @@ class PredictionWriter(Callback):
         report: bool = True,
         fc: float = 0.2,
         ftau: float = 0.01,
+        ftop: float = 0.25,
+        fhcc: float = 0.02,
     ):
         super().__init__()
         self.write_tracks = write_tracks
@@ -87,6 +92,7 @@ class PredictionWriter(Callback):
         self.extra_vars = extra_vars or {}
         self.report = report
         self.fc, self.ftau = fc, ftau
+        self.ftop, self.fhcc = ftop, fhcc
         self.path: Path | None = None
 
     def on_test_start(self, trainer, pl_module) -> None:
@@ -226,6 +232,13 @@ class PredictionWriter(Callback):
         from salt.evaluation.report import make_report
 
         try:
-            make_report([self.path], taggers=[self.name], fc=self.fc, ftau=self.ftau)
+            make_report(
+                [self.path],
+                taggers=[self.name],
+                fc=self.fc,
+                ftau=self.ftau,
+                ftop=self.ftop,
+                fhcc=self.fhcc,
+            )
         except Exception as err:  # the predictions are written: a plot failure must not hide them
             log.warning("report for %s failed: %s", self.path, err)

@@ -18,7 +18,7 @@ from salt.data.labeller import LabellerConfig
 from salt.data.loader import SaltDataLoader, read_ahead
 from salt.data.objects import OBJECTS
 from salt.data.options import EXTRA_INPUTS, ReadOptions
-from salt.data.parameters import ParameterSpec
+from salt.data.parameters import ParameterSpec, check_parameter_values
 from salt.data.sampler import BatchOrderSampler
 from salt.data.targets import MultiTarget
 from salt.data.tempcopy import (
@@ -289,6 +289,10 @@ class SaltDataModule(L.LightningDataModule):
         """Read the first `check_jets` jets once: bad values fail here, before any training."""
         dataset = self.datasets[split]
         n_jets = dataset.num_jets if self.check_jets < 0 else min(self.check_jets, dataset.num_jets)
+        if dataset.options.parameters and split != "test":
+            with open_h5(dataset.filename, split) as f:
+                jets = f[dataset.dataset_name(dataset.global_object)]
+                check_parameter_values(jets, dataset.options.parameters, n_jets, dataset._where())
         for _ in read_ahead(dataset, range(-(-n_jets // dataset.batch_size))):
             pass
         # workers must open the file themselves; the main process reopens it when it reads

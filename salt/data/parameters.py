@@ -122,3 +122,38 @@ def assign_parameters(
         n = int(other.sum())
         if n:
             x[other, col] = param.train[rng.choice(len(param.train), size=n, p=param.prob)]
+
+
+def check_parameter_values(jets, parameters: list[Parameter], n_jets: int, where: str) -> None:
+    """Refuse a `train` value that no jet of the file carries, before training.
+
+    Jets whose value is not one of `train` are background and get a drawn value; a `train`
+    value that no jet has (other units, GeV against MeV, or a typo) would turn every signal jet
+    into background and train on silently wrong inputs.
+
+    Parameters
+    ----------
+    jets
+        The jet-level h5py dataset (structured).
+    parameters
+        As parsed by :func:`parse_parameters`.
+    n_jets
+        Jets read from the start of the file (the preflight's count).
+    where
+        The file, for messages.
+    """
+    if not parameters or n_jets <= 0:  # data.check_jets: 0 turns the preflight off
+        return
+    values = jets.fields([p.name for p in parameters])[:n_jets]
+    for param in parameters:
+        # float32, as the inputs are compared in assign_parameters
+        column = values[param.name].astype(np.float32)
+        absent = [float(v) for v in param.train if not (column == v).any()]
+        if absent:
+            found = np.unique(column[np.isfinite(column)])
+            shown = ", ".join(f"{v:g}" for v in found[:8]) + (" ..." if len(found) > 8 else "")
+            raise SaltError(
+                f"{where}: data.parameters.{param.name}.train lists {absent}, a value no jet of "
+                f"the first {len(column)} has in '{param.name}' (values found: {shown or 'none'}). "
+                "Give the values the file holds, in its units, or remove them from train."
+            )

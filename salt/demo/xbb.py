@@ -74,13 +74,16 @@ class XbbRecord:
     prongs: tuple[int, ...]  # species of each prong (B, C, LIGHT, TAU), leading decay first
     mass: float  # MeV; 0 for a QCD-like mass continuum
     share: float
+    width: float = 0.01  # relative spread of the true mass (a b + q pair spans a wide range)
 
 
 _H, _TOP, _QCD, _VB = 0.34, 0.25, 0.35, 0.06  # natural shares: Higgs, top, QCD, W/Z
 _TOP_RECORDS = (
     XbbRecord(1, (B, LIGHT, LIGHT), TOP_MASS, _TOP * 0.6),  # t -> bqq, contained
     XbbRecord(6, (LIGHT, LIGHT), W_MASS, _TOP * 0.25),  # only the W's quarks in the jet
-    XbbRecord(7, (B, LIGHT), 0.0, _TOP * 0.15),  # partly contained
+    # partly contained: b + one W quark, whose mass spreads below the m_bq endpoint (153 GeV),
+    # across the Higgs window
+    XbbRecord(7, (B, LIGHT), 115e3, _TOP * 0.15, width=0.22),
 )
 _QCD_RECORDS = {
     "ll": (
@@ -130,6 +133,7 @@ class XbbTable:
     r10: np.ndarray  # (R,)
     prongs: np.ndarray  # (R, 3) species per prong, -1 where absent
     mass: np.ndarray  # (R,)
+    width: np.ndarray  # (R,) relative spread of the true mass
     label: np.ndarray  # (R,) flavour_label
     train_p: np.ndarray  # classes in equal parts
     natural_p: np.ndarray
@@ -156,6 +160,7 @@ def class_table(classes: Sequence[str] | None) -> XbbTable:
         r10=np.array([r.r10 for _, r in rows]),
         prongs=prongs,
         mass=np.array([r.mass for _, r in rows]),
+        width=np.array([r.width for _, r in rows]),
         label=label,
         train_p=within / len(names),
         natural_p=share / share.sum(),
@@ -194,14 +199,16 @@ def generate(
         event = 10 * (index // 8) + index % 8 if split.key == 0 else 10 * index + 8
     eta = rng.uniform(-2.0, 2.0, n)
     phi = rng.uniform(-np.pi, np.pi, n)
-    true_mass = _true_mass(rng, table.mass[rec], pt, prong_species)
+    true_mass = _true_mass(rng, table.mass[rec], table.width[rec], pt, prong_species)
     geometry = _prongs(rng, pt, true_mass, prong_species)
     s, n_frag = _vertices(rng, pt, prong_species, geometry, table.r10[rec] == 10)
 
     visible = np.where((prong_species == TAU).any(axis=1), rng.uniform(0.5, 0.9, n), 1.0)
     jets["pt"] = pt
     jets["eta"] = eta
-    jets["mass"] = true_mass * visible * rng.normal(1.0, 0.08, n)
+    # resolution, and radiation lost out of the cone for some jets (a low tail, as measured)
+    lost = np.where(rng.random(n) < 0.15, rng.uniform(0.65, 0.95, n), 1.0)
+    jets["mass"] = true_mass * visible * lost * rng.normal(1.0, 0.10, n)
     jets["R10TruthLabel_R22v1"] = table.r10[rec]
     jets["R10TruthLabel_R22v1_TruthJetPt"] = pt / np.clip(rng.normal(1.0, 0.05, n), 0.5, None)
     jets["R10TruthLabel_R22v1_TruthJetMass"] = true_mass
@@ -225,14 +232,19 @@ def generate(
 
 
 def _true_mass(
-    rng: np.random.Generator, peak: np.ndarray, pt: np.ndarray, prongs: np.ndarray
+    rng: np.random.Generator,
+    peak: np.ndarray,
+    width: np.ndarray,
+    pt: np.ndarray,
+    prongs: np.ndarray,
 ) -> np.ndarray:
     # resonances: their mass (narrow); QCD and partly contained tops: a falling continuum
     n = len(pt)
     continuum = np.clip(pt * 0.12 * np.exp(0.45 * rng.standard_normal(n)), 10e3, 0.5 * pt)
     two_prong = (prongs >= 0).sum(axis=1) >= 2
     continuum = np.where(two_prong, np.maximum(continuum, 25e3), continuum)
-    return np.where(peak > 0, peak * rng.normal(1.0, 0.01, n), continuum)
+    resonance = np.clip(peak * rng.normal(1.0, width, n), 25e3, None)
+    return np.where(peak > 0, resonance, continuum)
 
 
 def _prongs(

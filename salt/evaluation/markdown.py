@@ -1,4 +1,4 @@
-"""Markdown tables of the evaluation report, rendered from its JSON dict."""
+"""Markdown tables of the evaluation report (b-tagging, Xbb, tracks), rendered from its JSON."""
 
 from __future__ import annotations
 
@@ -16,13 +16,10 @@ def render_markdown(report: dict) -> str:
     models = report["models"]
     several = len(models) > 1
     lines = [f"# Evaluation report{': ' + report['sample'] if report['sample'] else ''}", ""]
-    lines += ["| model | tagger | jets | b | c | light | tau | file |", "|---" * 8 + "|"]
+    lines += ["| model | tagger | jets | file |", "|---" * 4 + "|"]
     for m in models:
-        n = m["n_jets"]
-        lines.append(
-            f"| {m['label']} | {m['tagger']} | {n['total']} | {n['bjets']} | {n['cjets']} "
-            f"| {n['ujets']} | {n['taujets']} | `{Path(m['file']).name}` |"
-        )
+        n_total = next((m[k]["n_jets"]["total"] for k in ("btag", "xbb") if m[k]), "n/a")
+        lines.append(f"| {m['label']} | {m['tagger']} | {n_total} | `{Path(m['file']).name}` |")
     lines.append("")
     for m in models:
         for note in m["notes"]:
@@ -30,33 +27,45 @@ def render_markdown(report: dict) -> str:
     if any(m["notes"] for m in models):
         lines.append("")
 
-    fr = models[0]["fractions"]
-    lines += [
-        "## b-tagging working points",
-        "",
-        f"D_b = log(p_b / (f_c p_c + f_tau p_tau + f_u p_u)) with f_c = {fr['fc']:g}, "
-        f"f_tau = {fr['ftau']:g}, f_u = {fr['fu']:g}; cut at the b-jet quantile of each model.",
-        "",
-    ]
-    head = ["model", "b-eff", "cut", "light rej.", "c rej."]
-    if several:
-        head += [f"light / {report['reference']}", f"c / {report['reference']}"]
-    lines += ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
-    ref = models[0]["working_points"]
-    for m in models:
-        for wp, wp_ref in zip(m["working_points"], ref):
-            row = [m["label"], f"{wp['b_eff']:.0%}", _fmt(wp["cut"], 3)]
-            for key, flav, digits in (("light_rej", "ujets", 1), ("c_rej", "cjets", 2)):
-                n_bkg = m["n_jets"][flav]
-                # No background jet passes the cut: the rejection is only bounded.
-                bound = f"> {n_bkg}" if n_bkg and wp.get(key) is None else None
-                row.append(bound or _fmt(wp.get(key), digits))
-            if several:
-                for key in ("light_rej", "c_rej"):
-                    a, b = wp.get(key), wp_ref.get(key)
-                    row.append(_fmt(a / b, 3) if a is not None and b else "n/a")
-            lines.append("| " + " | ".join(row) + " |")
-    lines.append("")
+    with_btag = [m for m in models if m["btag"] is not None]
+    if with_btag:
+        fr = with_btag[0]["btag"]["fractions"]
+        lines += [
+            "## b-tagging working points",
+            "",
+            f"D_b = log(p_b / (f_c p_c + f_tau p_tau + f_u p_u)) with f_c = {fr['fc']:g}, "
+            f"f_tau = {fr['ftau']:g}, f_u = {fr['fu']:g}; cut at the b-jet quantile of each model.",
+            "",
+        ]
+        lines += _section(
+            with_btag,
+            "btag",
+            ("bjets", "cjets", "ujets", "taujets"),
+            ("b", "c", "light", "tau"),
+            "b_eff",
+            (("light_rej", "ujets", "light", 1), ("c_rej", "cjets", "c", 2)),
+            several,
+        )
+    with_xbb = [m for m in models if m["xbb"] is not None]
+    if with_xbb:
+        fr = with_xbb[0]["xbb"]["fractions"]
+        lines += [
+            "## Xbb working points",
+            "",
+            "D_Hbb = log(p_hbb / (f_top p_top + f_hcc p_hcc + f_qcd p_qcd)) with "
+            f"f_top = {fr['ftop']:g}, f_hcc = {fr['fhcc']:g}, f_qcd = {fr['fqcd']:g} (p_qcd: all "
+            "QCD classes); cut at the hbb-jet quantile of each model.",
+            "",
+        ]
+        lines += _section(
+            with_xbb,
+            "xbb",
+            ("hbb", "top", "qcd"),
+            ("hbb", "top", "qcd"),
+            "hbb_eff",
+            (("top_rej", "top", "top", 1), ("qcd_rej", "qcd", "qcd", 1)),
+            several,
+        )
 
     with_origin = [m for m in models if m["track_origin"] is not None]
     if with_origin:
@@ -141,6 +150,50 @@ def render_markdown(report: dict) -> str:
             "",
         ]
 
-    plots = [report["plots"]["roc"], *report["plots"]["track_origin"]]
+    plots = [report["plots"][k] for k in ("roc", "roc_xbb") if report["plots"][k]]
+    plots += report["plots"]["track_origin"]
     lines += ["## Plots", "", *[f"- ![{p}]({p})" for p in plots], ""]
     return "\n".join(lines)
+
+
+def _section(
+    models: list[dict],
+    key: str,
+    classes: tuple[str, ...],
+    titles: tuple[str, ...],
+    eff_key: str,
+    columns: tuple[tuple[str, str, str, int], ...],
+    several: bool,
+) -> list[str]:
+    """Jet counts and the working-point table of one discriminant (`btag` or `xbb`).
+
+    `columns` are `(rejection key, class, title, digits)`; with several models, each rejection
+    is also given relative to the first model's.
+    """
+    lines = ["| model | " + " | ".join(titles) + " |", "|---" * (len(titles) + 1) + "|"]
+    for m in models:
+        n = m[key]["n_jets"]
+        lines.append(f"| {m['label']} | " + " | ".join(str(n[c]) for c in classes) + " |")
+    lines.append("")
+    reference = models[0]["label"]
+    head = ["model", eff_key.replace("_eff", "-eff"), "cut"]
+    head += [f"{title} rej." for _, _, title, _ in columns]
+    if several:
+        head += [f"{title} / {reference}" for _, _, title, _ in columns]
+    lines += ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    ref = models[0][key]["working_points"]
+    for m in models:
+        for wp, wp_ref in zip(m[key]["working_points"], ref):
+            row = [m["label"], f"{wp[eff_key]:.0%}", _fmt(wp["cut"], 3)]
+            for rej_key, cls, _, digits in columns:
+                n_bkg = m[key]["n_jets"][cls]
+                # No background jet passes the cut: the rejection is only bounded.
+                bound = f"> {n_bkg}" if n_bkg and wp.get(rej_key) is None else None
+                row.append(bound or _fmt(wp.get(rej_key), digits))
+            if several:
+                for rej_key, *_ in columns:
+                    a, b = wp.get(rej_key), wp_ref.get(rej_key)
+                    row.append(_fmt(a / b, 3) if a is not None and b else "n/a")
+            lines.append("| " + " | ".join(row) + " |")
+    lines.append("")
+    return lines

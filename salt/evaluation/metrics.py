@@ -1,4 +1,4 @@
-"""Numbers of the evaluation report: b-tagging rejections, track-origin confusion, vertexing.
+"""Numbers of the evaluation report: b- and Higgs-tagging rejections, track origin, vertexing.
 
 Everything here is plain numpy on arrays already read from a prediction file, so each number can
 be checked against a direct computation. Shapes: `N` jets, `T` track slots per jet (40 in UPP
@@ -15,108 +15,102 @@ from salt.labels import TRACK_ORIGINS
 FLAVOUR_IDS = {"bjets": 5, "cjets": 4, "ujets": 0, "taujets": 15}
 
 
-def fractions_for(fc: float, ftau: float, has_ptau: bool) -> tuple[dict[str, float], list[str]]:
-    """Background fractions of D_b, and notes for the reader when they had to change.
-
-    Returns `({"fc", "fu", "ftau"}, notes)` with `fu = 1 - fc - ftau`. A tagger trained without
-    a tau class has no `p_tau`, so f_tau is set to 0 (and the light fraction absorbs it).
-    """
-    notes = []
-    if not has_ptau and ftau != 0:
-        notes.append(f"no p_tau output: f_tau set to 0 (instead of {ftau:g})")
-        ftau = 0.0
-    fu = 1.0 - fc - ftau
-    if not (0 <= fc <= 1 and 0 <= ftau <= 1 and fu >= 0):
-        raise ValueError(
-            f"Discriminant fractions must lie in [0, 1] and f_c + f_tau <= 1, "
-            f"got f_c={fc}, f_tau={ftau}."
-        )
-    return {"fc": float(fc), "fu": float(fu), "ftau": float(ftau)}, notes
+#: Truth variable of large-R jets, and the Xbb classes of the report (signal first), labelled
+#: by ftag's cuts on it (qcd: every QCD jet, whatever a labeller split it into).
+XBB_LABEL_VAR = "R10TruthLabel_R22v1"
+XBB_CLASSES = ("hbb", "top", "qcd")
 
 
-def b_discriminant(jets: np.ndarray, tagger: str, fractions: dict[str, float]) -> np.ndarray:
-    """D_b = log(p_b / (f_c p_c + f_tau p_tau + f_u p_u)) per jet, via ftag's `get_discriminant`.
-
-    Parameters
-    ----------
-    jets
-        Structured array `(N,)` with `<tagger>_pb`, `<tagger>_pc`, `<tagger>_pu` (and
-        `<tagger>_ptau` when `fractions["ftau"] > 0`). Fields are cast to float64 first so
-        that the working-point cuts do not depend on float32 rounding.
-    tagger
-        Prefix of the probability fields, e.g. `GN2`.
-    fractions
-        `{"fc", "fu", "ftau"}` as returned by :func:`fractions_for`.
-
-    Returns
-    -------
-    np.ndarray
-        `(N,)` float64 discriminant.
-    """
+def xbb_truth(jets: np.ndarray) -> dict[str, np.ndarray]:
+    """Boolean masks `(N,)` of hbb, top and qcd jets, from `R10TruthLabel_R22v1`."""
     from ftag import Flavours
-    from ftag.utils import get_discriminant
 
-    names = [n for n in jets.dtype.names if n.startswith(f"{tagger}_p")]
-    jets64 = jets[names].astype([(n, "f8") for n in names])
-    return get_discriminant(
-        jets64, tagger, Flavours["bjets"], Flavours.by_category("single-btag"), fractions
-    )
+    out = {}
+    for name in XBB_CLASSES:
+        mask = np.zeros(len(jets), dtype=bool)
+        mask[Flavours[name].cuts(jets[[XBB_LABEL_VAR]]).idx] = True
+        out[name] = mask
+    return out
 
 
-def _rejection(
-    disc_b: np.ndarray, disc_bkg: np.ndarray, b_eff: np.ndarray
+def rejection(
+    disc_sig: np.ndarray, disc_bkg: np.ndarray, eff: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Rejections of one background at the b-efficiencies `b_eff`, and the cut values.
+    """Rejections of one background at the signal efficiencies `eff`, and the cut values.
 
-    ftag cuts at the linear-interpolated (1 - eff) quantile of the b-jet discriminant and counts
-    a background jet as tagged when its discriminant is >= the cut.
+    ftag cuts at the linear-interpolated (1 - eff) quantile of the signal jets' discriminant and
+    counts a background jet as tagged when its discriminant is >= the cut.
     """
     from ftag.utils import calculate_rejection
 
-    if len(disc_bkg) == 0 or len(disc_b) == 0:
-        return np.full(len(b_eff), np.nan), np.full(len(b_eff), np.nan)
+    if len(disc_bkg) == 0 or len(disc_sig) == 0:
+        return np.full(len(eff), np.nan), np.full(len(eff), np.nan)
     with np.errstate(divide="ignore", invalid="ignore"):
-        rej, cuts = calculate_rejection(disc_b, disc_bkg, b_eff, return_cuts=True)
+        rej, cuts = calculate_rejection(disc_sig, disc_bkg, eff, return_cuts=True)
     return np.asarray(rej, dtype=float), np.asarray(cuts, dtype=float)
 
 
-def rejection_table(
-    disc: np.ndarray, truth: np.ndarray, working_points: list[float]
+def signal_rejections(
+    disc_sig: np.ndarray,
+    disc_bkgs: dict[str, np.ndarray],
+    working_points: list[float],
+    eff_key: str,
 ) -> list[dict[str, float | None]]:
-    """Light, c and tau rejections at fixed b-jet efficiencies.
+    """Rejections of each background at fixed signal efficiencies.
 
     Parameters
     ----------
-    disc
-        `(N,)` D_b per jet (non-finite entries must already be removed).
-    truth
-        `(N,)` `HadronConeExclTruthLabelID`.
+    disc_sig
+        `(S,)` discriminant of the signal jets (finite).
+    disc_bkgs
+        Short background name (`light`, `top`, ...) -> `(B,)` discriminant of its jets; a
+        background without jets is left out of the rows.
     working_points
-        b-jet efficiencies, e.g. `[0.6, 0.7, 0.77, 0.85]`.
+        Signal efficiencies, e.g. `[0.6, 0.7]`.
+    eff_key
+        Name of the efficiency in each row (`b_eff`, `hbb_eff`).
 
     Returns
     -------
     list[dict]
-        One dict per working point: `b_eff`, `cut`, and for each background flavour with jets in
-        the sample `<flav>_rej` and its binomial uncertainty `<flav>_rej_err` (`light`, `c`,
-        `tau`). A rejection is None where no background jet passes the cut.
+        One dict per working point: `<eff_key>`, `cut`, and per background `<name>_rej` and its
+        binomial uncertainty `<name>_rej_err`. A rejection is None where no background jet
+        passes the cut.
     """
     from ftag.utils import calculate_rejection_error
 
     eff = np.asarray(working_points, dtype=float)
-    disc_b = disc[truth == FLAVOUR_IDS["bjets"]]
-    rows: list[dict[str, float | None]] = [{"b_eff": float(e), "cut": None} for e in eff]
-    for short, flav in (("light", "ujets"), ("c", "cjets"), ("tau", "taujets")):
-        disc_bkg = disc[truth == FLAVOUR_IDS[flav]]
+    rows: list[dict[str, float | None]] = [{eff_key: float(e), "cut": None} for e in eff]
+    for short, disc_bkg in disc_bkgs.items():
         if len(disc_bkg) == 0:
             continue
-        rej, cuts = _rejection(disc_b, disc_bkg, eff)
+        rej, cuts = rejection(disc_sig, disc_bkg, eff)
         for row, r, cut in zip(rows, rej, cuts):
             row["cut"] = finite_or_none(cut)
             row[f"{short}_rej"] = finite_or_none(r)
             err = calculate_rejection_error(r, len(disc_bkg)) if np.isfinite(r) and r > 0 else None
             row[f"{short}_rej_err"] = finite_or_none(err)
     return rows
+
+
+def _btag_backgrounds(disc: np.ndarray, truth: np.ndarray, names) -> dict[str, np.ndarray]:
+    return {short: disc[truth == FLAVOUR_IDS[flav]] for short, flav in names}
+
+
+def rejection_table(
+    disc: np.ndarray, truth: np.ndarray, working_points: list[float]
+) -> list[dict[str, float | None]]:
+    """Light, c and tau rejections at fixed b-jet efficiencies (:func:`signal_rejections`).
+
+    `disc` is `(N,)` D_b per jet (finite), `truth` `(N,)` `HadronConeExclTruthLabelID`.
+    """
+    backgrounds = (("light", "ujets"), ("c", "cjets"), ("tau", "taujets"))
+    return signal_rejections(
+        disc[truth == FLAVOUR_IDS["bjets"]],
+        _btag_backgrounds(disc, truth, backgrounds),
+        working_points,
+        "b_eff",
+    )
 
 
 def roc_curves(
@@ -129,10 +123,26 @@ def roc_curves(
     """
     disc_b = disc[truth == FLAVOUR_IDS["bjets"]]
     out: dict[str, np.ndarray | int] = {"b_eff": np.asarray(b_eff, dtype=float)}
-    for short, flav in (("light", "ujets"), ("c", "cjets")):
-        disc_bkg = disc[truth == FLAVOUR_IDS[flav]]
-        out[f"{short}_rej"] = _rejection(disc_b, disc_bkg, out["b_eff"])[0]
+    for short, disc_bkg in _btag_backgrounds(
+        disc, truth, (("light", "ujets"), ("c", "cjets"))
+    ).items():
+        out[f"{short}_rej"] = rejection(disc_b, disc_bkg, out["b_eff"])[0]
         out[f"n_{short}"] = len(disc_bkg)
+    return out
+
+
+def xbb_roc_curves(
+    disc: np.ndarray, truth: dict[str, np.ndarray], hbb_eff: np.ndarray
+) -> dict[str, np.ndarray | int]:
+    """Top and qcd rejection against hbb efficiency.
+
+    `truth` holds the masks of :func:`xbb_truth`. Returns `{"hbb_eff", "top_rej", "qcd_rej",
+    "n_top", "n_qcd"}`; a curve is all-NaN when the sample has no jet of that class.
+    """
+    out: dict[str, np.ndarray | int] = {"hbb_eff": np.asarray(hbb_eff, dtype=float)}
+    for short in ("top", "qcd"):
+        out[f"{short}_rej"] = rejection(disc[truth["hbb"]], disc[truth[short]], out["hbb_eff"])[0]
+        out[f"n_{short}"] = int(truth[short].sum())
     return out
 
 

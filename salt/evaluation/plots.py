@@ -1,4 +1,4 @@
-"""Figures of the evaluation report: puma ROC curves and the track-origin confusion matrix.
+"""Figures of the evaluation report: puma ROC curves (b-tagging, Xbb) and the track-origin matrix.
 
 Both draw on `matplotlib.figure.Figure` objects (never the pyplot state machine), so they work
 under any backend and leave a user's open figures alone.
@@ -30,14 +30,16 @@ def short_label(label: str, limit: int) -> str:
 class RocCurves:
     """One model's ROC curves, as drawn.
 
-    `rej` maps a rejection class (`"ujets"`, `"cjets"`) to the rejection at each `b_eff`
-    (shape `(E,)`, NaN or inf where undefined) and `n_bkg` to its number of background jets.
+    `rej` maps a rejection class (`"ujets"`, `"cjets"`; `"top"`, `"qcd"`), in drawing order, to
+    the rejection at each signal efficiency `eff` (shape `(E,)`, NaN or inf where undefined)
+    and `n_bkg` to its number of background jets. `signal` is the ftag name of the signal class.
     """
 
     label: str
-    b_eff: np.ndarray
+    eff: np.ndarray
     rej: dict[str, np.ndarray]
     n_bkg: dict[str, int]
+    signal: str = "bjets"
 
 
 def plot_roc(models: list[RocCurves], path: Path, tag: str) -> Path:
@@ -55,7 +57,10 @@ def legend_labels(labels: list[str]) -> list[str]:
 
 
 def roc_figure(models: list[RocCurves], tag: str):
-    """Draw light- and c-jet rejection against b-jet efficiency for one or several models.
+    """Draw background rejections against signal efficiency for one or several models.
+
+    b-tagging: light- and c-jet rejection against b-jet efficiency; Xbb: top and QCD rejection
+    against H -> bb efficiency (whatever classes the curves hold).
 
     With several models, ratio panels (one per rejection class) compare each to the first;
     along them puma writes "Ratio to <label>", which names the reference when its label is
@@ -64,7 +69,7 @@ def roc_figure(models: list[RocCurves], tag: str):
     Parameters
     ----------
     models
-        Curves per model; the first is the reference. All must share `b_eff`.
+        Curves per model; the first is the reference. All must share `eff` and `signal`.
     tag
         Second line of the ATLAS tag (sample, fractions).
 
@@ -77,7 +82,8 @@ def roc_figure(models: list[RocCurves], tag: str):
     from puma import Roc, RocPlot
 
     # Only classes the reference has can carry a ratio; a class without jets is dropped.
-    classes = [c for c in ("ujets", "cjets") if models[0].n_bkg.get(c, 0) > 0]
+    classes = [c for c in models[0].rej if models[0].n_bkg.get(c, 0) > 0]
+    signal = Flavours[models[0].signal]
     several = len(models) > 1
     labels = legend_labels([m.label for m in models])
     reference = labels[0]
@@ -86,7 +92,7 @@ def roc_figure(models: list[RocCurves], tag: str):
     plot = RocPlot(
         n_ratio_panels=len(classes) if several else 0,
         ylabel="Background rejection",
-        xlabel="$b$-jet efficiency",
+        xlabel=f"{signal.label} efficiency",
         atlas_second_tag=tag,
         figsize=(6.5, 6.0 if several else 4.5),
         y_scale=1.4,
@@ -95,7 +101,7 @@ def roc_figure(models: list[RocCurves], tag: str):
     for cls in classes:
         # Points where any model's rejection is infinite (no background jet left) or zero
         # are cut for all, since puma's ratios need one common efficiency grid.
-        keep = np.ones(len(models[0].b_eff), dtype=bool)
+        keep = np.ones(len(models[0].eff), dtype=bool)
         for m in models:
             r = m.rej.get(cls)
             if r is not None and m.n_bkg.get(cls, 0) > 0:
@@ -106,11 +112,11 @@ def roc_figure(models: list[RocCurves], tag: str):
             flav = Flavours[cls]
             plot.add_roc(
                 Roc(
-                    m.b_eff[keep],
+                    m.eff[keep],
                     m.rej[cls][keep],
                     n_test=m.n_bkg[cls],
                     rej_class=flav,
-                    signal_class="bjets",
+                    signal_class=signal.name,
                     # One model: name the flavour in the legend, as there is no ratio panel
                     # whose legend would tell the line styles apart.
                     label=label if several else f"{label}: {flav.label} rejection",

@@ -1,22 +1,24 @@
 """Evaluation report of one or several prediction files written by `salt test`.
 
-Reads only the fields it needs from each file, computes the b-tagging working points (and, when
-the file carries track predictions, the track-origin confusion matrix and the vertexing pair
-efficiency and purity), draws the ROC curves with puma, and writes `<stem>__report.md`,
-`<stem>__report.json` and PNGs beside the first file. `<stem>` is the file's own stem for one
-file, and `compare_<label 1>_vs_<label 2>...[__test_<sample>]` for several, so that a comparison
-never overwrites the report of a single model.
+Reads only the fields it needs from each file and computes, for what the tagger outputs, the
+b-tagging working points (`<tagger>_pb`: D_b against light, c and tau jets) and the Higgs-tagging
+ones (`<tagger>_phbb`: D_Hbb against top and QCD jets), and, when the file carries track
+predictions, the track-origin confusion matrix and the vertexing pair efficiency and purity. It
+draws the ROC curves with puma and writes `<stem>__report.md`, `<stem>__report.json`,
+`<stem>__roc.png` (b-tagging), `<stem>__roc_xbb.png` (Xbb) and PNGs beside the first file.
+`<stem>` is the file's own stem for one file, and
+`compare_<label 1>_vs_<label 2>...[__test_<sample>]` for several, so that a comparison never
+overwrites the report of a single model.
 
 From Python, after the test loop::
 
     make_report(["logs/GN2_x/ckpts/epoch=019-val_loss=0.65432__test_ttbar.h5"])
 
-From the shell: `salt plot FILE.h5 [FILE2.h5 ...]` (see `salt plot --help`).
+From the shell: `salt plot FILE.h5 [FILE2.h5 ...]` (salt/evaluation/plot_cli.py).
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import re
@@ -25,14 +27,17 @@ from pathlib import Path
 
 import numpy as np
 
-from salt.evaluation import metrics
+from salt.evaluation import discriminants, metrics
 from salt.evaluation.markdown import render_markdown
-from salt.evaluation.metrics import FLAVOUR_IDS, TRACK_ORIGINS
+from salt.evaluation.metrics import FLAVOUR_IDS, TRACK_ORIGINS, XBB_LABEL_VAR
 
 LABEL_VAR = "HadronConeExclTruthLabelID"
 WORKING_POINTS = (0.60, 0.70, 0.77, 0.85)
-#: b-jet efficiencies of the ROC curves.
+#: H -> bb efficiencies of the Xbb working points.
+XBB_WORKING_POINTS = (0.50, 0.60, 0.70)
+#: b-jet and H -> bb efficiencies of the ROC curves.
 ROC_B_EFF = np.linspace(0.5, 1.0, 101)
+ROC_HBB_EFF = np.linspace(0.3, 1.0, 141)
 #: Jets per read of the track datasets, so a large file never sits in memory at once.
 TRACK_CHUNK = 4096
 SAMPLE_TEX = {"ttbar": r"$t\bar{t}$", "zprime": r"$Z'$"}
@@ -44,12 +49,14 @@ class ReportFiles:
 
     markdown: Path
     json: Path
-    roc: Path
+    roc: Path | None  # None: no b-tagging outputs
+    roc_xbb: Path | None = None  # None: no Xbb outputs
     track_origin: list[Path] = field(default_factory=list)
 
     def all(self) -> list[Path]:
         """Every written file, report first."""
-        return [self.markdown, self.json, self.roc, *self.track_origin]
+        rocs = [p for p in (self.roc, self.roc_xbb) if p is not None]
+        return [self.markdown, self.json, *rocs, *self.track_origin]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -57,18 +64,19 @@ class ReportFiles:
 
 
 def infer_tagger(jet_fields: tuple[str, ...] | list[str], path: Path | str = "") -> str:
-    """The tagger whose `<tagger>_pb` is in the jets.
+    """The tagger whose `<tagger>_pb` (b-tagging) or `<tagger>_phbb` (Xbb) is in the jets.
 
     Salt's writer appends the model's outputs after the copied test-file fields, which may hold
     other taggers' scores (e.g. `MockTagger_pb`): with several candidates the last one wins.
     """
-    taggers = [n[: -len("_pb")] for n in jet_fields if n.endswith("_pb")]
-    if not taggers:
-        raise ValueError(
-            f"No '<tagger>_pb' field in the jets of {path}: is this a prediction file written "
-            "by `salt test`? Give the tagger with --tagger."
-        )
-    return taggers[-1]
+    for suffix in ("_pb", "_phbb"):
+        taggers = [n[: -len(suffix)] for n in jet_fields if n.endswith(suffix)]
+        if taggers:
+            return taggers[-1]
+    raise ValueError(
+        f"No '<tagger>_pb' or '<tagger>_phbb' field in the jets of {path}: is this a prediction "
+        "file written by `salt test`? Give the tagger with --tagger."
+    )
 
 
 def default_label(path: Path) -> str:
@@ -138,39 +146,92 @@ def _unique(labels: list[str]) -> list[str]:
 # Numbers per file
 
 
-def _jet_numbers(
+def _btag_numbers(
     jets_ds, tagger: str, fc: float, ftau: float, working_points: list[float], path: Path
 ) -> tuple[dict, dict]:
-    """Working-point table and ROC curves of one file's `jets` dataset."""
+    """b-tagging working points and ROC curves of one file's `jets` dataset."""
     names = jets_ds.dtype.names
-    needed = [LABEL_VAR, f"{tagger}_pb", f"{tagger}_pc", f"{tagger}_pu"]
-    missing = [n for n in needed if n not in names]
+    light = [f"{tagger}_{p}" for p in discriminants.LIGHT_PX if f"{tagger}_{p}" in names]
+    needed = [LABEL_VAR, f"{tagger}_pb", f"{tagger}_pc"]
+    missing = [n for n in needed if n not in names] + ([] if light else [f"{tagger}_pu"])
     if missing:
         raise ValueError(
             f"{path}: jets lack {missing}. Found taggers: "
             f"{[n[:-3] for n in names if n.endswith('_pb')]}; pick one with --tagger."
         )
     has_ptau = f"{tagger}_ptau" in names
-    jets = jets_ds.fields(needed + ([f"{tagger}_ptau"] if has_ptau else []))[:]
-    fractions, notes = metrics.fractions_for(fc, ftau, has_ptau)
-    disc = metrics.b_discriminant(jets, tagger, fractions)
+    jets = jets_ds.fields(needed + light + ([f"{tagger}_ptau"] if has_ptau else []))[:]
+    fractions, notes = discriminants.btag_fractions(fc, ftau, has_ptau)
+    disc = discriminants.b_discriminant(jets, tagger, fractions)
     truth = jets[LABEL_VAR]
     finite = np.isfinite(disc)
     if not finite.all():
-        notes.append(f"{int((~finite).sum())} jets with a non-finite discriminant left out")
+        notes.append(f"{int((~finite).sum())} jets with a non-finite D_b left out")
         disc, truth = disc[finite], truth[finite]
     n_jets = {"total": len(truth)} | {f: int((truth == i).sum()) for f, i in FLAVOUR_IDS.items()}
     if n_jets["bjets"] == 0:
         raise ValueError(f"{path}: no b-jets ({LABEL_VAR} == 5), so no working point exists.")
     if n_jets["ujets"] + n_jets["cjets"] == 0:
         raise ValueError(f"{path}: no light or c-jets ({LABEL_VAR} 0 or 4), nothing to reject.")
+    roc = metrics.roc_curves(disc, truth, ROC_B_EFF)
     numbers = {
         "fractions": fractions,
         "n_jets": n_jets,
         "notes": notes,
         "working_points": metrics.rejection_table(disc, truth, working_points),
+        "roc": {
+            "b_eff": roc["b_eff"].tolist(),
+            "light_rej": [metrics.finite_or_none(r) for r in roc["light_rej"]],
+            "c_rej": [metrics.finite_or_none(r) for r in roc["c_rej"]],
+        },
     }
-    return numbers, metrics.roc_curves(disc, truth, ROC_B_EFF)
+    return numbers, roc
+
+
+def _xbb_numbers(
+    jets_ds, tagger: str, ftop: float, fhcc: float, working_points: list[float], path: Path
+) -> tuple[dict, dict]:
+    """Higgs-tagging working points and ROC curves of one file's `jets` dataset."""
+    names = jets_ds.dtype.names
+    if XBB_LABEL_VAR not in names:
+        raise ValueError(
+            f"{path}: jets lack {XBB_LABEL_VAR}, the truth label of the Xbb classes; write it "
+            "with the predictions (salt test does) or test on a file that has it."
+        )
+    probs = [n for n in names if n.startswith(f"{tagger}_p")]
+    jets = jets_ds.fields([XBB_LABEL_VAR, *probs])[:]
+    fractions, notes = discriminants.xbb_fractions(
+        ftop, fhcc, f"{tagger}_ptop" in names, f"{tagger}_phcc" in names
+    )
+    if not discriminants.qcd_pxs(names, tagger):
+        raise ValueError(f"{path}: jets lack {tagger}_pqcd (or a split {tagger}_pqcd*).")
+    disc = discriminants.hbb_discriminant(jets, tagger, fractions)
+    truth = metrics.xbb_truth(jets)
+    finite = np.isfinite(disc)
+    if not finite.all():
+        notes.append(f"{int((~finite).sum())} jets with a non-finite D_Hbb left out")
+        disc, truth = disc[finite], {k: v[finite] for k, v in truth.items()}
+    n_jets = {"total": len(disc)} | {k: int(v.sum()) for k, v in truth.items()}
+    if n_jets["hbb"] == 0:
+        raise ValueError(f"{path}: no hbb jets ({XBB_LABEL_VAR} == 11), no working point exists.")
+    if n_jets["top"] + n_jets["qcd"] == 0:
+        raise ValueError(f"{path}: no top or QCD jets ({XBB_LABEL_VAR}), nothing to reject.")
+    disc_bkgs = {k: disc[truth[k]] for k in ("top", "qcd")}
+    roc = metrics.xbb_roc_curves(disc, truth, ROC_HBB_EFF)
+    numbers = {
+        "fractions": fractions,
+        "n_jets": n_jets,
+        "notes": notes,
+        "working_points": metrics.signal_rejections(
+            disc[truth["hbb"]], disc_bkgs, working_points, "hbb_eff"
+        ),
+        "roc": {
+            "hbb_eff": roc["hbb_eff"].tolist(),
+            "top_rej": [metrics.finite_or_none(r) for r in roc["top_rej"]],
+            "qcd_rej": [metrics.finite_or_none(r) for r in roc["qcd_rej"]],
+        },
+    }
+    return numbers, roc
 
 
 def _track_numbers(tracks_ds, tagger: str) -> tuple[dict | None, dict | None, list[str]]:
@@ -235,14 +296,20 @@ def make_report(
     files: list[Path | str] | Path | str,
     taggers: list[str] | str | None = None,
     labels: list[str] | None = None,
-    fc: float = 0.2,
-    ftau: float = 0.01,
+    fc: float = discriminants.FC,
+    ftau: float = discriminants.FTAU,
     out_dir: Path | str | None = None,
     sample: str | None = None,
     working_points: list[float] | tuple[float, ...] = WORKING_POINTS,
     verbose: bool = True,
+    ftop: float = discriminants.FTOP,
+    fhcc: float = discriminants.FHCC,
+    xbb_working_points: list[float] | tuple[float, ...] = XBB_WORKING_POINTS,
 ) -> ReportFiles:
     """Write the evaluation report of one or several prediction files.
+
+    The b-tagging sections appear for taggers with `<tagger>_pb`, the Xbb sections for taggers
+    with `<tagger>_phbb`; a tagger with neither gets only its notes and track sections.
 
     Parameters
     ----------
@@ -250,7 +317,8 @@ def make_report(
         Prediction files (`salt test` output); several files = several models on one ROC plot,
         compared to the first.
     taggers
-        Tagger name per file, or one for all; default: inferred from the `*_pb` jet field.
+        Tagger name per file, or one for all; default: inferred from the `*_pb` (else
+        `*_phbb`) jet field.
     labels
         Legend label per file; default: the run folder name (`<run>/ckpts/<file>.h5`), the
         checkpoint's epoch for several checkpoints of one run, else the file stem.
@@ -265,12 +333,17 @@ def make_report(
         b-jet efficiencies of the rejection table (fractions; values > 1 are read as percent).
     verbose
         Print the markdown report to stdout.
+    ftop, fhcc
+        top and H -> cc fractions of D_Hbb; the QCD fraction is `1 - ftop - fhcc`.
+    xbb_working_points
+        H -> bb efficiencies of the Xbb rejection table (as `working_points`).
 
     Returns
     -------
     ReportFiles
-        `<stem>__report.md`, `<stem>__report.json`, `<stem>__roc.png` and the track-origin
-        PNGs (`<stem>__track_origin[_<label>].png`); `<stem>` is the file's stem for one file,
+        `<stem>__report.md`, `<stem>__report.json`, `<stem>__roc.png` (b-tagging),
+        `<stem>__roc_xbb.png` (Xbb) and the track-origin PNGs
+        (`<stem>__track_origin[_<label>].png`); `<stem>` is the file's stem for one file,
         `comparison_stem(labels, sample)` for several.
     """
     import h5py
@@ -282,7 +355,9 @@ def make_report(
     for p in paths:
         if not p.is_file():
             raise FileNotFoundError(f"Prediction file not found: {p}")
-    metrics.fractions_for(fc, ftau, has_ptau=True)  # fail on bad fractions before any read
+    # fail on bad fractions before any read
+    discriminants.btag_fractions(fc, ftau, has_ptau=True)
+    discriminants.xbb_fractions(ftop, fhcc)
     tagger_list = _per_file(taggers, len(paths), "taggers")
     label_list = _per_file(labels, len(paths), "labels")
     if label_list == [None] * len(paths):
@@ -291,69 +366,106 @@ def make_report(
     if sample is None:
         found = list(dict.fromkeys(s for s in map(sample_from_name, paths) if s))
         sample = " / ".join(found) if found else None
-    working_points = [w / 100 if w > 1 else float(w) for w in working_points]
+    working_points = _fractions(working_points)
+    xbb_working_points = _fractions(xbb_working_points)
     out = Path(out_dir) if out_dir is not None else paths[0].parent
     out.mkdir(parents=True, exist_ok=True)
     stem = paths[0].stem if len(paths) == 1 else comparison_stem(label_list, sample)
 
     from salt.evaluation.plots import RocCurves, plot_confusion, plot_roc
 
-    models, rocs, origin_pngs = [], [], []
+    models, rocs, xbb_rocs, origin_pngs = [], [], [], []
     for path, tagger, label in zip(paths, tagger_list, label_list):
+        model = {"label": label, "tagger": tagger, "file": str(path.resolve()), "notes": []}
         with h5py.File(path, "r") as f:
             if "jets" not in f:
                 raise ValueError(f"{path} has no 'jets' dataset; datasets: {list(f)}")
-            tagger = tagger or infer_tagger(f["jets"].dtype.names, path)
-            jet_numbers, roc = _jet_numbers(f["jets"], tagger, fc, ftau, working_points, path)
+            names = f["jets"].dtype.names
+            tagger = model["tagger"] = tagger or infer_tagger(names, path)
+            if not any(n.startswith(f"{tagger}_") for n in names):
+                found = sorted({n.rsplit("_", 1)[0] for n in names if n.endswith(("_pb", "_phbb"))})
+                raise ValueError(
+                    f"{path}: no output of tagger '{tagger}' in the jets. Found taggers: "
+                    f"{found}; pick one with --tagger."
+                )
+            model["btag"] = model["xbb"] = None
+            if discriminants.has_btag(names, tagger):
+                model["btag"], roc = _btag_numbers(
+                    f["jets"], tagger, fc, ftau, working_points, path
+                )
+                rej, n_bkg = (
+                    {"ujets": roc["light_rej"], "cjets": roc["c_rej"]},
+                    {"ujets": roc["n_light"], "cjets": roc["n_c"]},
+                )
+                rocs.append(RocCurves(label, roc["b_eff"], rej, n_bkg, "bjets"))
+            if discriminants.has_xbb(names, tagger):
+                model["xbb"], roc = _xbb_numbers(
+                    f["jets"], tagger, ftop, fhcc, xbb_working_points, path
+                )
+                rej = {"top": roc["top_rej"], "qcd": roc["qcd_rej"]}
+                n_bkg = {"top": roc["n_top"], "qcd": roc["n_qcd"]}
+                xbb_rocs.append(RocCurves(label, roc["hbb_eff"], rej, n_bkg, "hbb"))
+            if model["btag"] is None and model["xbb"] is None:
+                model["notes"].append(
+                    f"no b-tagging ({tagger}_pb) or Xbb ({tagger}_phbb) outputs: no working points"
+                )
             origin, vertexing, notes = (
                 _track_numbers(f["tracks"], tagger) if "tracks" in f else (None, None, [])
             )
-        model = {"label": label, "tagger": tagger, "file": str(path.resolve())} | jet_numbers
+        for section in ("btag", "xbb"):
+            if model[section] is not None:
+                model["notes"] += model[section].pop("notes")
         model["notes"] += notes
         model["track_origin"] = origin
         model["vertexing"] = vertexing
-        model["roc"] = {
-            "b_eff": roc["b_eff"].tolist(),
-            "light_rej": [metrics.finite_or_none(r) for r in roc["light_rej"]],
-            "c_rej": [metrics.finite_or_none(r) for r in roc["c_rej"]],
-        }
         models.append(model)
-        rocs.append(
-            RocCurves(
-                label=label,
-                b_eff=roc["b_eff"],
-                rej={"ujets": roc["light_rej"], "cjets": roc["c_rej"]},
-                n_bkg={"ujets": roc["n_light"], "cjets": roc["n_c"]},
-            )
-        )
         if origin is not None:
             suffix = f"_{_file_part(label)}" if len(paths) > 1 else ""
             png = out / f"{stem}__track_origin{suffix}.png"
             origin_pngs.append(plot_confusion(origin, png, label))
             model["track_origin"]["plot"] = png.name
 
-    used = models[0]["fractions"]
-    tag = f"{SAMPLE_TEX.get(sample, sample)} jets\n" if sample else ""
-    tag += f"$f_c={used['fc']:g}$, $f_\\tau={used['ftau']:g}$"
-    roc_png = plot_roc(rocs, out / f"{stem}__roc.png", tag)
+    sample_tag = f"{SAMPLE_TEX.get(sample, sample)} jets\n" if sample else ""
+    roc_png = xbb_png = None
+    # one plot per kind, over the models that have it (all share the kind's efficiencies)
+    with_btag = [m for m in models if m["btag"] is not None]
+    if rocs:
+        used = with_btag[0]["btag"]["fractions"]
+        tag = sample_tag + f"$f_c={used['fc']:g}$, $f_\\tau={used['ftau']:g}$"
+        roc_png = plot_roc(rocs, out / f"{stem}__roc.png", tag)
+    with_xbb = [m for m in models if m["xbb"] is not None]
+    if xbb_rocs:
+        used = with_xbb[0]["xbb"]["fractions"]
+        tag = sample_tag + f"$f_{{top}}={used['ftop']:g}$, $f_{{Hcc}}={used['fhcc']:g}$"
+        xbb_png = plot_roc(xbb_rocs, out / f"{stem}__roc_xbb.png", tag)
 
     report = {
         "sample": sample,
-        "requested_fractions": {"fc": fc, "ftau": ftau},
+        "requested_fractions": {"fc": fc, "ftau": ftau, "ftop": ftop, "fhcc": fhcc},
         "working_points": working_points,
+        "xbb_working_points": xbb_working_points,
         "reference": label_list[0],
-        "plots": {"roc": roc_png.name, "track_origin": [p.name for p in origin_pngs]},
+        "plots": {
+            "roc": roc_png and roc_png.name,
+            "roc_xbb": xbb_png and xbb_png.name,
+            "track_origin": [p.name for p in origin_pngs],
+        },
         "models": models,
     }
     md_path, json_path = out / f"{stem}__report.md", out / f"{stem}__report.json"
     markdown = render_markdown(report)
     md_path.write_text(markdown)
     json_path.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
-    files = ReportFiles(markdown=md_path, json=json_path, roc=roc_png, track_origin=origin_pngs)
+    files = ReportFiles(md_path, json_path, roc_png, xbb_png, origin_pngs)
     if verbose:
         print(markdown)
         print(f"Report written to {out}: {', '.join(p.name for p in files.all())}")
     return files
+
+
+def _fractions(values: list[float] | tuple[float, ...]) -> list[float]:
+    """Efficiencies as fractions: values > 1 are read as percent."""
+    return [w / 100 if w > 1 else float(w) for w in values]
 
 
 def _per_file(values, n: int, what: str) -> list:
@@ -368,100 +480,3 @@ def _per_file(values, n: int, what: str) -> list:
     if len(values) != n:
         raise ValueError(f"Got {len(values)} {what} for {n} files: give one, or one per file.")
     return values
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """Parser of `salt plot`."""
-    parser = argparse.ArgumentParser(
-        prog="salt plot",
-        description=(
-            "Evaluation report of prediction files written by `salt test`:\n"
-            "  - light- and c-jet rejection against b-jet efficiency (puma ROC curves),\n"
-            "  - rejections at the 60/70/77/85% b-jet efficiency working points,\n"
-            "  - with track predictions: the track-origin confusion matrix and the\n"
-            "    vertexing pair efficiency and purity.\n"
-            "Writes <stem>__roc.png, <stem>__report.md, <stem>__report.json and, with tracks,\n"
-            "<stem>__track_origin*.png. <stem> is the file's stem for one file; several files\n"
-            "are several models compared to the first, <stem> compare_<label1>_vs_<label2>..."
-        ),
-        epilog=(
-            "example:\n  salt plot logs/GN2_A/ckpts/epoch=019-val_loss=0.65432__test_ttbar.h5 \\\n"
-            "            logs/GN2_B/ckpts/epoch=015-val_loss=0.64001__test_ttbar.h5 \\\n"
-            "            --label baseline --label 'more heads' --fc 0.2 --out-dir plots/"
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("files", nargs="+", type=Path, help="prediction files (HDF5)")
-    parser.add_argument(
-        "--tagger",
-        action="append",
-        help="tagger name, i.e. the prefix of <tagger>_pb; once for all files or once per "
-        "file (default: inferred from the *_pb field of each file)",
-    )
-    parser.add_argument(
-        "--label",
-        action="append",
-        help="legend label, once per file (default: the run folder name when the file is in "
-        "<run>/ckpts/, else the file stem)",
-    )
-    parser.add_argument("--fc", type=float, default=0.2, help="c fraction of D_b (default 0.2)")
-    parser.add_argument(
-        "--ftau", type=float, default=0.01, help="tau fraction of D_b (default 0.01)"
-    )
-    parser.add_argument(
-        "--out-dir", type=Path, help="output folder (default: beside the first file)"
-    )
-    parser.add_argument(
-        "--sample", help="sample name for the plot (default: from '..._test_<sample>.h5')"
-    )
-    parser.add_argument(
-        "--wps",
-        type=float,
-        nargs="+",
-        default=[w * 100 for w in WORKING_POINTS],
-        help="b-jet efficiency working points in %% (default: 60 70 77 85)",
-    )
-    parser.add_argument("-q", "--quiet", action="store_true", help="do not print the report")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of `salt plot`."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    n = len(args.files)
-    if args.tagger and len(args.tagger) not in (1, n):
-        parser.error(f"--tagger given {len(args.tagger)} times for {n} files: give 1 or {n}.")
-    if args.label and len(args.label) != n:
-        parser.error(f"--label given {len(args.label)} times for {n} files: give it per file.")
-    missing = [str(f) for f in args.files if not f.is_file()]
-    if missing:
-        parser.error(f"prediction file(s) not found: {', '.join(missing)}")
-    if not (0 <= args.fc <= 1 and 0 <= args.ftau <= 1 and args.fc + args.ftau <= 1):
-        parser.error(f"need 0 <= --fc, --ftau and --fc + --ftau <= 1, got {args.fc}, {args.ftau}")
-    if not all(0 < w < 100 for w in args.wps):
-        parser.error(f"--wps are b-jet efficiencies in percent, got {args.wps}")
-
-    import matplotlib
-
-    # A command-line run never shows a window; Agg also avoids probing for a display.
-    matplotlib.use("Agg")
-    make_report(
-        args.files,
-        taggers=args.tagger,
-        labels=args.label,
-        fc=args.fc,
-        ftau=args.ftau,
-        out_dir=args.out_dir,
-        sample=args.sample,
-        working_points=[w / 100 for w in args.wps],
-        verbose=not args.quiet,
-    )
-
-
-if __name__ == "__main__":
-    main()
