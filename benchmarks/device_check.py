@@ -300,8 +300,9 @@ class Check:
         junit.unlink(missing_ok=True)
         # on a CPU every GPU test skips: collecting the one file keeps the check quick
         where = ["tests"] if self.mode == "gpu" else ["tests/test_gpu.py"]
+        # -n 0: one process (the suite's default spreads over every CPU, here onto one GPU)
         command = [self.python, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider",
-                   "-rfEs", f"--junitxml={junit}", *where]  # fmt: skip
+                   "-n", "0", "-rfEs", f"--junitxml={junit}", *where]  # fmt: skip
         self.run("pytest", command, later)
         if junit.is_file():
             self.result["pytest"] = _junit_summary(junit)

@@ -24,6 +24,15 @@ import pytest
 
 from salt.demo import write_demo_dataset
 
+# Under pytest-xdist (`-n auto`, see pyproject.toml) every worker runs its own torch, and its
+# `salt` subprocesses theirs: the cores are shared out between the workers, or their thread
+# pools fight over them (2 workers x 2 threads on 2 cores: 619 s and 1.7x the CPU time of the
+# serial run; 2 x 1 thread: 385 s against 676 s serially). Set before anything imports torch
+# (neither pytest nor salt.demo does); the subprocesses inherit it.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // _WORKERS)))
+
 REPO = Path(__file__).resolve().parent.parent
 MPL_CACHE = Path(tempfile.gettempdir()) / f"salt-tests-matplotlib-{os.getuid()}"
 CONFIGS = REPO / "salt" / "configs"
