@@ -97,7 +97,13 @@ def runs(tmp_path_factory) -> dict[str, dict]:
             "--data.test_file", str(files["test"]), "--data.norm_dict", str(files["norm_dict"]),
             "--data.class_dict", str(files["class_dict"]), *LAPTOP,
         ]  # fmt: skip
-    cwd = root / "work"
+    return drive(commands, root / "work")
+
+
+def drive(commands: dict[str, list[str]], cwd: Path) -> dict[str, dict]:
+    """`salt fit` with each name's arguments, then `salt test` and `to_onnx` of its run, all in
+    one Python process in `cwd` (made here): name -> {fit, test, onnx: {code, stdout, stderr},
+    run: folder}."""
     cwd.mkdir()
     result = subprocess.run(
         [sys.executable, "-c", _DRIVER, json.dumps(commands)],

@@ -9,8 +9,6 @@ trainer's device settings given on the command line. GN2XE, like upstream's, has
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import h5py
 import hdf5plugin  # noqa: F401  (LZ4)
@@ -20,8 +18,7 @@ import yaml
 
 from salt.demo import write_demo_dataset
 from salt.saltml import SALTML_LRS_DEFAULT
-from tests.conftest import salt_env
-from tests.test_saltml_configs import _DRIVER, CONFIGS, LAPTOP, _ok
+from tests.test_saltml_configs import CONFIGS, LAPTOP, _ok, drive
 
 CLASSES = ["hbb", "hcc", "top", "qcd"]
 PROBABILITIES = ["phbb", "phcc", "ptop", "pqcd"]  # ftag's short names of the Xbb classes
@@ -42,18 +39,7 @@ def runs(tmp_path_factory) -> dict[str, dict]:
         ]
         for name in NAMES
     }  # fmt: skip
-    cwd = root / "work"
-    cwd.mkdir()
-    result = subprocess.run(
-        [sys.executable, "-c", _DRIVER, json.dumps(commands)],
-        cwd=cwd, capture_output=True, text=True, timeout=900, env=salt_env(cwd),
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-4000:]
-    out = json.loads(result.stdout.splitlines()[-1])
-    for steps in out.values():
-        if "run" in steps:
-            steps["run"] = cwd / steps["run"]
-    return out
+    return drive(commands, root / "work")
 
 
 @pytest.mark.parametrize("name", list(NAMES))
