@@ -16,6 +16,7 @@ import hdf5plugin
 import numpy as np
 import pytest
 
+from salt.errors import SaltError
 from salt.evaluation import metrics
 from salt.evaluation.plot_cli import main
 from salt.evaluation.report import make_report
@@ -403,7 +404,7 @@ def test_tagger_inference_and_override(tmp_path):
     ref = numpy_rejections(path, "MockTagger", 0.2, 0.01, other["working_points"])
     got = [r["light_rej"] for r in other["models"][0]["btag"]["working_points"]]
     np.testing.assert_allclose(got, ref["light"], rtol=1e-9)
-    with pytest.raises(ValueError, match="NoSuchTagger"):
+    with pytest.raises(SaltError, match="NoSuchTagger"):
         make_report(path, taggers="NoSuchTagger", verbose=False, out_dir=tmp_path / "bad")
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from salt.demo import write_demo_dataset
+from salt.errors import SaltError
 from salt.evaluation import discriminants
 from salt.evaluation.plot_cli import main
 from salt.evaluation.report import make_report
@@ -167,5 +168,21 @@ def test_neither_class_kind_is_skipped_cleanly(tmp_path):
     assert any("no b-tagging" in note for note in model["notes"])
     assert "working points" not in files.markdown.read_text().replace("no working points", "")
     # a tagger with no output at all in the file is a mistake: say which taggers are there
-    with pytest.raises(ValueError, match="no output of tagger 'GN2'"):
+    with pytest.raises(SaltError, match="no output of tagger 'GN2'"):
         make_report(path, taggers="GN2", verbose=False, out_dir=tmp_path / "bad")
+
+
+def test_salt_plot_on_a_file_without_the_xbb_truth_says_so(xbb_file, tmp_path, capsys):
+    # a prediction file written before salt test saved R10TruthLabel_R22v1
+    with h5py.File(xbb_file) as f:
+        jets = f["jets"][:]
+    names = [n for n in jets.dtype.names if n != "R10TruthLabel_R22v1"]
+    old = tmp_path / "old__test_xbb.h5"
+    with h5py.File(old, "w") as f:
+        f.create_dataset("jets", data=jets[names])
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(old), "--out-dir", str(tmp_path), "-q"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "R10TruthLabel_R22v1" in err and str(old) in err and "Traceback" not in err
+    assert not list(tmp_path.glob("*__report.json"))

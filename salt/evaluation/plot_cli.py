@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from salt.errors import SaltError
 from salt.evaluation import discriminants
 from salt.evaluation.report import WORKING_POINTS, XBB_WORKING_POINTS, make_report
 
@@ -116,20 +117,23 @@ def main(argv: list[str] | None = None) -> None:
 
     # A command-line run never shows a window; Agg also avoids probing for a display.
     matplotlib.use("Agg")
-    make_report(
-        args.files,
-        taggers=args.tagger,
-        labels=args.label,
-        fc=args.fc,
-        ftau=args.ftau,
-        out_dir=args.out_dir,
-        sample=args.sample,
-        working_points=[w / 100 for w in args.wps],
-        verbose=not args.quiet,
-        ftop=args.ftop,
-        fhcc=args.fhcc,
-        xbb_working_points=[w / 100 for w in args.xbb_wps],
-    )
+    try:
+        make_report(
+            args.files,
+            taggers=args.tagger,
+            labels=args.label,
+            fc=args.fc,
+            ftau=args.ftau,
+            out_dir=args.out_dir,
+            sample=args.sample,
+            working_points=[w / 100 for w in args.wps],
+            verbose=not args.quiet,
+            ftop=args.ftop,
+            fhcc=args.fhcc,
+            xbb_working_points=[w / 100 for w in args.xbb_wps],
+        )
+    except SaltError as err:  # a file the report cannot read: say why, no traceback
+        parser.error(str(err))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from salt.errors import SaltError
 from salt.evaluation import discriminants, metrics
 from salt.evaluation.markdown import render_markdown
 from salt.evaluation.metrics import FLAVOUR_IDS, TRACK_ORIGINS, XBB_LABEL_VAR
@@ -73,7 +74,7 @@ def infer_tagger(jet_fields: tuple[str, ...] | list[str], path: Path | str = "")
         taggers = [n[: -len(suffix)] for n in jet_fields if n.endswith(suffix)]
         if taggers:
             return taggers[-1]
-    raise ValueError(
+    raise SaltError(
         f"No '<tagger>_pb' or '<tagger>_phbb' field in the jets of {path}: is this a prediction "
         "file written by `salt test`? Give the tagger with --tagger."
     )
@@ -155,7 +156,7 @@ def _btag_numbers(
     needed = [LABEL_VAR, f"{tagger}_pb", f"{tagger}_pc"]
     missing = [n for n in needed if n not in names] + ([] if light else [f"{tagger}_pu"])
     if missing:
-        raise ValueError(
+        raise SaltError(
             f"{path}: jets lack {missing}. Found taggers: "
             f"{[n[:-3] for n in names if n.endswith('_pb')]}; pick one with --tagger."
         )
@@ -170,9 +171,9 @@ def _btag_numbers(
         disc, truth = disc[finite], truth[finite]
     n_jets = {"total": len(truth)} | {f: int((truth == i).sum()) for f, i in FLAVOUR_IDS.items()}
     if n_jets["bjets"] == 0:
-        raise ValueError(f"{path}: no b-jets ({LABEL_VAR} == 5), so no working point exists.")
+        raise SaltError(f"{path}: no b-jets ({LABEL_VAR} == 5), so no working point exists.")
     if n_jets["ujets"] + n_jets["cjets"] == 0:
-        raise ValueError(f"{path}: no light or c-jets ({LABEL_VAR} 0 or 4), nothing to reject.")
+        raise SaltError(f"{path}: no light or c-jets ({LABEL_VAR} 0 or 4), nothing to reject.")
     roc = metrics.roc_curves(disc, truth, ROC_B_EFF)
     numbers = {
         "fractions": fractions,
@@ -194,7 +195,7 @@ def _xbb_numbers(
     """Higgs-tagging working points and ROC curves of one file's `jets` dataset."""
     names = jets_ds.dtype.names
     if XBB_LABEL_VAR not in names:
-        raise ValueError(
+        raise SaltError(
             f"{path}: jets lack {XBB_LABEL_VAR}, the truth label of the Xbb classes; write it "
             "with the predictions (salt test does) or test on a file that has it."
         )
@@ -204,7 +205,7 @@ def _xbb_numbers(
         ftop, fhcc, f"{tagger}_ptop" in names, f"{tagger}_phcc" in names
     )
     if not discriminants.qcd_pxs(names, tagger):
-        raise ValueError(f"{path}: jets lack {tagger}_pqcd (or a split {tagger}_pqcd*).")
+        raise SaltError(f"{path}: jets lack {tagger}_pqcd (or a split {tagger}_pqcd*).")
     disc = discriminants.hbb_discriminant(jets, tagger, fractions)
     truth = metrics.xbb_truth(jets)
     finite = np.isfinite(disc)
@@ -213,9 +214,9 @@ def _xbb_numbers(
         disc, truth = disc[finite], {k: v[finite] for k, v in truth.items()}
     n_jets = {"total": len(disc)} | {k: int(v.sum()) for k, v in truth.items()}
     if n_jets["hbb"] == 0:
-        raise ValueError(f"{path}: no hbb jets ({XBB_LABEL_VAR} == 11), no working point exists.")
+        raise SaltError(f"{path}: no hbb jets ({XBB_LABEL_VAR} == 11), no working point exists.")
     if n_jets["top"] + n_jets["qcd"] == 0:
-        raise ValueError(f"{path}: no top or QCD jets ({XBB_LABEL_VAR}), nothing to reject.")
+        raise SaltError(f"{path}: no top or QCD jets ({XBB_LABEL_VAR}), nothing to reject.")
     disc_bkgs = {k: disc[truth[k]] for k in ("top", "qcd")}
     roc = metrics.xbb_roc_curves(disc, truth, ROC_HBB_EFF)
     numbers = {
@@ -351,7 +352,7 @@ def make_report(
 
     paths = [Path(files)] if isinstance(files, str | Path) else [Path(f) for f in files]
     if not paths:
-        raise ValueError("No prediction file given.")
+        raise SaltError("No prediction file given.")
     for p in paths:
         if not p.is_file():
             raise FileNotFoundError(f"Prediction file not found: {p}")
@@ -379,12 +380,12 @@ def make_report(
         model = {"label": label, "tagger": tagger, "file": str(path.resolve()), "notes": []}
         with h5py.File(path, "r") as f:
             if "jets" not in f:
-                raise ValueError(f"{path} has no 'jets' dataset; datasets: {list(f)}")
+                raise SaltError(f"{path} has no 'jets' dataset; datasets: {list(f)}")
             names = f["jets"].dtype.names
             tagger = model["tagger"] = tagger or infer_tagger(names, path)
             if not any(n.startswith(f"{tagger}_") for n in names):
                 found = sorted({n.rsplit("_", 1)[0] for n in names if n.endswith(("_pb", "_phbb"))})
-                raise ValueError(
+                raise SaltError(
                     f"{path}: no output of tagger '{tagger}' in the jets. Found taggers: "
                     f"{found}; pick one with --tagger."
                 )
@@ -478,5 +479,5 @@ def _per_file(values, n: int, what: str) -> list:
     if len(values) == 1:
         return values * n
     if len(values) != n:
-        raise ValueError(f"Got {len(values)} {what} for {n} files: give one, or one per file.")
+        raise SaltError(f"Got {len(values)} {what} for {n} files: give one, or one per file.")
     return values
