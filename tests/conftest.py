@@ -38,6 +38,22 @@ MPL_CACHE = Path(tempfile.gettempdir()) / f"salt-tests-matplotlib-{os.getuid()}"
 CONFIGS = REPO / "salt" / "configs"
 SHIPPED_CONFIGS = ["GN2", "GN1", "DIPS", "DL1", "regression"]
 
+#: `data.mf_config` of the demo files' `truth_hadrons`: b and c hadrons matched to tracks
+#: through their parent barcode
+DEMO_MF_CONFIG = {
+    "object": {
+        "name": "truth_hadrons",
+        "id_label": "barcode",
+        "class_label": "flavour",
+        "object_classes": {
+            "b": {"raw": 5, "mapped": 0},
+            "c": {"raw": 4, "mapped": 1},
+            "null": {"raw": -1, "mapped": 2},
+        },
+    },
+    "constituent": {"name": "tracks", "id_label": "ftagTruthParentBarcode"},
+}
+
 
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory) -> dict[str, Path]:

@@ -18,21 +18,9 @@ from test_data_loading import LABELS, VARIABLES, make_dataset, make_module, read
 from salt.data.objects import ObjectConfig
 from salt.data.options import ReadOptions
 from salt.errors import SaltError
+from tests.conftest import DEMO_MF_CONFIG as MF_CONFIG
 
 FLAVOURS = {"jets": {"flavour_label": ["bjets", "cjets", "ujets", "taujets"]}}
-MF_CONFIG = {
-    "object": {
-        "name": "truth_hadrons",
-        "id_label": "barcode",
-        "class_label": "flavour",
-        "object_classes": {
-            "b": {"raw": 5, "mapped": 0},
-            "c": {"raw": 4, "mapped": 1},
-            "null": {"raw": -1, "mapped": 2},
-        },
-    },
-    "constituent": {"name": "tracks", "id_label": "ftagTruthParentBarcode"},
-}
 TARGETS = ["pt", "Lxy", "deta", "dphi", "mass"]
 HADRON = np.dtype(
     [("barcode", "<i4"), ("flavour", "<i4"), ("pt", "<f4"), ("Lxy", "<f4"), ("deta", "<f4"),

@@ -24,6 +24,7 @@ from salt.models import (
     Transformer,
 )
 from salt.modelwrapper import ModelWrapper
+from tests.conftest import DEMO_MF_CONFIG as MF_CONFIG
 
 D = 16
 TRACKS = ["d0", "z0SinTheta", "dphi", "deta", "qOverP", "IP3D_signed_d0_significance",
@@ -36,19 +37,6 @@ SCALER = {
     "deta": {"op": "linear", "x_off": 1, "op_scale": 10},
     "dphi": {"op": "linear", "x_off": 1, "op_scale": 10},
     "mass": {"op": "log", "op_scale": 0.1},
-}
-MF_CONFIG = {
-    "object": {
-        "name": "truth_hadrons",
-        "id_label": "barcode",
-        "class_label": "flavour",
-        "object_classes": {
-            "b": {"raw": 5, "mapped": 0},
-            "c": {"raw": 4, "mapped": 1},
-            "null": {"raw": -1, "mapped": 2},
-        },
-    },
-    "constituent": {"name": "tracks", "id_label": "ftagTruthParentBarcode"},
 }
 LOSS_WEIGHTS = {"object_class_ce": 2.0, "mask_ce": 10.0, "mask_dice": 2.0, "regression": 2.0}
 JET_CLASSES = ["bjets", "cjets", "ujets", "taujets"]
