@@ -13,6 +13,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import os
 import shutil
 import subprocess
@@ -23,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from salt.demo import write_demo_dataset
+from tests.salt_server import shared_server
 
 # Under pytest-xdist (`-n auto`, see pyproject.toml) every worker runs its own torch, and its
 # `salt` subprocesses theirs: the cores are shared out between the workers, or their thread
@@ -55,10 +59,39 @@ DEMO_MF_CONFIG = {
 }
 
 
+@contextlib.contextmanager
+def made_once(tmp_path_factory, name: str):
+    """`with made_once(f, "x") as (folder, make):` -> a folder shared by every pytest-xdist
+    worker of this run; `make` is True for the one worker that must fill it (the others wait
+    until it has). Session fixtures that cost seconds use it, so that they are built once per
+    test run, not once per worker."""
+    uid = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if uid is None:  # one process: nobody to share with
+        yield tmp_path_factory.mktemp(name), True
+        return
+    shared = tmp_path_factory.getbasetemp().parent / f"shared-{uid}"
+    shared.mkdir(exist_ok=True)
+    folder, done = shared / name, shared / f"{name}.done"
+    with (shared / f"{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if done.exists():
+            yield folder, False
+            return
+        if folder.exists():  # a worker died filling it
+            shutil.rmtree(folder)
+        folder.mkdir()
+        yield folder, True
+        done.touch()
+
+
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory) -> dict[str, Path]:
     """Demo files: 6000 training jets, 600 validation and 600 test jets (seed 1)."""
-    return write_demo_dataset(tmp_path_factory.mktemp("demo"), num_jets=6000, seed=1)
+    with made_once(tmp_path_factory, "demo") as (folder, make):
+        if make:
+            paths = write_demo_dataset(folder, num_jets=6000, seed=1)
+            (folder / "paths.json").write_text(json.dumps({k: str(v) for k, v in paths.items()}))
+    return {k: Path(v) for k, v in json.loads((folder / "paths.json").read_text()).items()}
 
 
 def data_args(demo: dict[str, Path]) -> list[str]:
@@ -88,6 +121,13 @@ def salt_env(cwd: Path, env: dict | None = None) -> dict[str, str]:
     return full_env
 
 
+def _other_salt(env: dict | None) -> bool:
+    """Whether `env`'s PYTHONPATH puts another salt package before this one (tests of a copy of
+    the code, see tests/cli_support.make_code_repo): the server has imported this one."""
+    paths = (env or {}).get("PYTHONPATH", "").split(os.pathsep)
+    return any(p and (Path(p) / "salt").is_dir() and Path(p).resolve() != REPO for p in paths)
+
+
 def run_salt(
     args: list[str],
     cwd: Path,
@@ -95,21 +135,31 @@ def run_salt(
     timeout: float = 600,
     env: dict | None = None,
     command: str = "salt.main",
+    fresh: bool = False,
     **popen_kwargs,
 ) -> subprocess.CompletedProcess:
     """Run `python -m salt.main ARGS` in `cwd`, as the `salt` console script does.
 
-    `popen_kwargs` go to subprocess.run (e.g. `preexec_fn` to set a resource limit).
+    The process is forked from the test server (tests/salt_server.py), which has imported
+    torch and Lightning already; `fresh=True` starts a new interpreter instead, for tests of
+    what a user sees while those are imported. `popen_kwargs` (e.g. `preexec_fn` to set a
+    resource limit) go to subprocess.run, in a fresh process as well, as does a PYTHONPATH that
+    puts a copy of salt first.
     """
-    result = subprocess.run(
-        [sys.executable, "-m", command, *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=salt_env(cwd, env),
-        **popen_kwargs,
-    )
+    args = [str(a) for a in args]
+    if fresh or popen_kwargs or _other_salt(env):
+        result = subprocess.run(
+            [sys.executable, "-m", command, *args],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=salt_env(cwd, env),
+            **popen_kwargs,
+        )
+    else:
+        server = shared_server(salt_env(REPO))
+        result = server.run(args, cwd, salt_env(cwd, env), timeout, module=command)
     if check and result.returncode != 0:
         raise AssertionError(
             f"salt {' '.join(args)} exited {result.returncode}\n--- stdout\n{result.stdout[-4000:]}"
@@ -151,12 +201,13 @@ def trained_run(demo, tmp_path_factory):
 
     def get(config: str, copy: bool = True) -> Path:
         if config not in originals:
-            cwd = tmp_path_factory.mktemp(f"trained_{config}")
-            run_salt(
-                ["fit", "--config", f"configs/{config}.yaml", *data_args(demo), "--force",
-                 *TRAINING],
-                cwd,
-            )  # fmt: skip
+            with made_once(tmp_path_factory, f"trained_{config}") as (cwd, make):
+                if make:
+                    run_salt(
+                        ["fit", "--config", f"configs/{config}.yaml", *data_args(demo),
+                         "--force", *TRAINING],
+                        cwd,
+                    )  # fmt: skip
             originals[config] = only_run_dir(cwd)
         if not copy:
             return originals[config]
@@ -167,46 +218,7 @@ def trained_run(demo, tmp_path_factory):
     return get
 
 
-_MANY = """
-import contextlib, io, json, sys, traceback
-from salt.main import main
-
-results = []
-for args in json.loads(sys.argv[1]):
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(args)
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        except BaseException:
-            traceback.print_exc()
-            code = 1
-    results.append({"returncode": code, "stdout": out.getvalue(), "stderr": err.getvalue()})
-print(json.dumps(results))
-"""
-
-
 def run_salt_many(commands: list[list[str]], cwd: Path) -> list[subprocess.CompletedProcess]:
-    """Several `salt` command lines in one Python process, each through the entry point
-    (`salt.main.main`) with its own stdout, stderr and exit status.
-
-    For commands that stop while the command line is read: there the start of a process (3-4 s
-    of imports) costs more than the command itself. A command that trains belongs in
-    `run_salt`, in a process of its own.
-    """
-    import json
-
-    result = subprocess.run(
-        [sys.executable, "-c", _MANY, json.dumps(commands)],
-        cwd=cwd, capture_output=True, text=True, timeout=600, env=salt_env(cwd),
-    )  # fmt: skip
-    if result.returncode != 0:
-        raise AssertionError(
-            f"the salt driver failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
-        )
-    return [
-        subprocess.CompletedProcess(args, r["returncode"], r["stdout"], r["stderr"])
-        for args, r in zip(commands, json.loads(result.stdout.splitlines()[-1]))
-    ]
+    """`salt` with each of several command lines, one after the other, each `run_salt` in `cwd`
+    without raising on a non-zero exit: for tests of many ways a command line can be wrong."""
+    return [run_salt(args, cwd, check=False) for args in commands]
