@@ -123,7 +123,7 @@ def salt_env(cwd: Path, env: dict | None = None) -> dict[str, str]:
 
 def _other_salt(env: dict | None) -> bool:
     """Whether `env`'s PYTHONPATH puts another salt package before this one (tests of a copy of
-    the code, see tests/cli_support.make_code_repo): the server has imported this one."""
+    the code, see tests/cli_support.make_code_repo)."""
     paths = (env or {}).get("PYTHONPATH", "").split(os.pathsep)
     return any(p and (Path(p) / "salt").is_dir() and Path(p).resolve() != REPO for p in paths)
 
@@ -143,11 +143,11 @@ def run_salt(
     The process is forked from the test server (tests/salt_server.py), which has imported
     torch and Lightning already; `fresh=True` starts a new interpreter instead, for tests of
     what a user sees while those are imported. `popen_kwargs` (e.g. `preexec_fn` to set a
-    resource limit) go to subprocess.run, in a fresh process as well, as does a PYTHONPATH that
-    puts a copy of salt first.
+    resource limit) go to subprocess.run, in a fresh process as well. A PYTHONPATH that puts a
+    copy of salt first gets a server of its own that has imported that copy.
     """
     args = [str(a) for a in args]
-    if fresh or popen_kwargs or _other_salt(env):
+    if fresh or popen_kwargs:
         result = subprocess.run(
             [sys.executable, "-m", command, *args],
             cwd=cwd,
@@ -158,7 +158,9 @@ def run_salt(
             **popen_kwargs,
         )
     else:
-        server = shared_server(salt_env(REPO))
+        # a PYTHONPATH that puts a copy of salt first needs a server that imported that copy
+        server_env = {"PYTHONPATH": env["PYTHONPATH"]} if _other_salt(env) else None
+        server = shared_server(salt_env(REPO, server_env))
         result = server.run(args, cwd, salt_env(cwd, env), timeout, module=command)
     if check and result.returncode != 0:
         raise AssertionError(

@@ -181,16 +181,18 @@ class SaltServer:
             self.proc.wait(30)
 
 
-_SHARED: SaltServer | None = None
+_SHARED: dict[str, SaltServer] = {}
 
 
 def shared_server(env: dict[str, str]) -> SaltServer:
-    """This pytest process's server (started with `env` on first use), closed at its exit."""
-    global _SHARED
-    if _SHARED is None:
-        _SHARED = SaltServer(env, Path(tempfile.mkdtemp(prefix="salt_server_log_")) / "server.log")
-        atexit.register(_SHARED.close)
-    return _SHARED
+    """This pytest process's server for `env` (one per PYTHONPATH: a path that holds another
+    copy of salt needs a server that imported that copy), closed when pytest exits."""
+    key = env.get("PYTHONPATH", "")
+    if key not in _SHARED:
+        log = Path(tempfile.mkdtemp(prefix="salt_server_log_")) / "server.log"
+        _SHARED[key] = SaltServer(env, log)
+        atexit.register(_SHARED[key].close)
+    return _SHARED[key]
 
 
 if __name__ == "__main__":
