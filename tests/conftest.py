@@ -121,6 +121,16 @@ def salt_env(cwd: Path, env: dict | None = None) -> dict[str, str]:
     return full_env
 
 
+def run_python(
+    code: str, args: list[str], cwd: Path, timeout: float = 600, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """`python -c CODE ARGS` in `cwd`, forked from the test server as `run_salt` is: for test
+    drivers that run several salt commands or benchmarks in one process."""
+    return shared_server(salt_env(REPO)).run(
+        [str(a) for a in args], cwd, salt_env(cwd, env), timeout, code=code
+    )
+
+
 def _other_salt(env: dict | None) -> bool:
     """Whether `env`'s PYTHONPATH puts another salt package before this one (tests of a copy of
     the code, see tests/cli_support.make_code_repo)."""

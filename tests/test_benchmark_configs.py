@@ -8,14 +8,12 @@ and, for the transformer configs, the padded layout.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from salt.demo import write_demo_dataset
-from tests.conftest import CONFIGS, REPO, SHIPPED_CONFIGS, salt_env
+from tests.conftest import CONFIGS, REPO, SHIPPED_CONFIGS, run_python
 
 SALTML = Path(__file__).parent / "saltml_configs"
 GHOST = "ghostbjets,ghostcjets,ghostsjets,ghostudjets,ghostgjets,ghosttaujets"
@@ -58,10 +56,7 @@ def results(tmp_path_factory) -> dict[str, dict]:
             "--batch-size", "50", "--steps", "1", "--warmup", "1", "--precision", "32",
             "--accelerator", "cpu", "--attention", attention,
         ]  # fmt: skip
-    result = subprocess.run(
-        [sys.executable, "-c", _DRIVER, json.dumps(commands)],
-        cwd=REPO, capture_output=True, text=True, timeout=600, env=salt_env(root),
-    )  # fmt: skip
+    result = run_python(_DRIVER, [json.dumps(commands)], REPO, env={"XDG_CACHE_HOME": str(root)})
     assert result.returncode == 0, result.stderr[-4000:]
     line = next(x for x in result.stdout.splitlines() if x.startswith("RESULTS "))
     return json.loads(line.removeprefix("RESULTS "))

@@ -3,16 +3,13 @@ the finished epochs' checkpoints."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import torch
 
 from salt.cli import check_device
 from salt.errors import SaltError
 from salt.main import out_of_memory_message
-from tests.conftest import data_args, run_dirs, run_salt_many, salt_env
+from tests.conftest import data_args, run_dirs, run_python, run_salt_many
 
 SMALL = [
     "--data.num_train", "200", "--data.num_val", "100", "--data.batch_size", "100",
@@ -71,10 +68,7 @@ main(sys.argv[1:])
 def test_out_of_memory_mid_training_keeps_the_finished_epoch(demo, tmp_path):
     args = ["fit", "--config", "configs/GN2.yaml", *data_args(demo), *SMALL]
     args += ["--trainer.max_epochs", "2"]
-    result = subprocess.run(
-        [sys.executable, "-c", _OOM_IN_SECOND_EPOCH, *args],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300, env=salt_env(tmp_path),
-    )  # fmt: skip
+    result = run_python(_OOM_IN_SECOND_EPOCH, args, tmp_path, timeout=300)
     assert result.returncode == 2, result.stderr[-3000:]
     assert "the GPU ran out of memory: CUDA out of memory" in result.stderr
     assert "Traceback" not in result.stderr

@@ -10,8 +10,6 @@ each config expects.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -23,7 +21,7 @@ from ftag import Flavours
 
 from salt.demo import write_demo_dataset
 from salt.saltml import is_saltml
-from tests.conftest import salt_env
+from tests.conftest import run_python
 
 CONFIGS = Path(__file__).parent / "saltml_configs"
 
@@ -105,10 +103,7 @@ def drive(commands: dict[str, list[str]], cwd: Path) -> dict[str, dict]:
     one Python process in `cwd` (made here): name -> {fit, test, onnx: {code, stdout, stderr},
     run: folder}."""
     cwd.mkdir()
-    result = subprocess.run(
-        [sys.executable, "-c", _DRIVER, json.dumps(commands)],
-        cwd=cwd, capture_output=True, text=True, timeout=900, env=salt_env(cwd),
-    )  # fmt: skip
+    result = run_python(_DRIVER, [json.dumps(commands)], cwd, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
     out = json.loads(result.stdout.splitlines()[-1])
     for steps in out.values():
