@@ -234,3 +234,41 @@ def run_salt_many(commands: list[list[str]], cwd: Path) -> list[subprocess.Compl
     """`salt` with each of several command lines, one after the other, each `run_salt` in `cwd`
     without raising on a non-zero exit: for tests of many ways a command line can be wrong."""
     return [run_salt(args, cwd, check=False) for args in commands]
+
+
+# ------------------------------------------------------------------ longest test files first
+# pytest-xdist hands out whole files (`--dist loadfile`) in collection order
+# (`--no-loadscope-reorder`). A long file that starts last keeps one worker busy after the others
+# have finished, so the files start longest first: by their time in the last run on this
+# checkout (pytest's cache), and without one (a fresh clone) those with `slow` tests first.
+_FILE_SECONDS = "salt/file_seconds"
+
+
+def _file(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    seconds = config.cache.get(_FILE_SECONDS, {}) if config.cache is not None else {}
+    slow = {_file(item.nodeid) for item in items if item.get_closest_marker("slow")}
+    rank: dict[str, tuple] = {}
+    for item in items:
+        name = _file(item.nodeid)
+        rank.setdefault(name, (-seconds.get(name, 0.0), name not in slow, len(rank)))
+    items.sort(key=lambda item: rank[_file(item.nodeid)])  # stable: a file's tests stay in order
+
+
+_seconds_this_run: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report) -> None:
+    name = _file(report.nodeid)
+    _seconds_this_run[name] = _seconds_this_run.get(name, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    config = session.config
+    # the controller (or a run without xdist) sees every file's reports; a worker only its own
+    if config.cache is not None and not hasattr(config, "workerinput") and _seconds_this_run:
+        known = config.cache.get(_FILE_SECONDS, {})
+        config.cache.set(_FILE_SECONDS, {**known, **_seconds_this_run})

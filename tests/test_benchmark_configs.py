@@ -15,6 +15,8 @@ import pytest
 from salt.demo import write_demo_dataset
 from tests.conftest import CONFIGS, REPO, SHIPPED_CONFIGS, run_python
 
+pytestmark = pytest.mark.slow  # end-to-end runs of `salt`
+
 SALTML = Path(__file__).parent / "saltml_configs"
 GHOST = "ghostbjets,ghostcjets,ghostsjets,ghostudjets,ghostgjets,ghosttaujets"
 
@@ -30,6 +32,7 @@ _DRIVER = """
 import json, sys
 sys.path.insert(0, "benchmarks")
 import train_step
+
 results = {}
 for label, args in json.loads(sys.argv[1]).items():
     try:

@@ -24,6 +24,8 @@ import torch
 from salt.callbacks.checkpoint import CheckpointWriteError, loadable, write_atomically
 from tests.conftest import data_args, only_run_dir, run_salt
 
+pytestmark = pytest.mark.slow  # end-to-end runs of `salt`
+
 OLD, NEW = b"old checkpoint " * 1000, b"new checkpoint " * 5000
 
 

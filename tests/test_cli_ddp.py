@@ -21,6 +21,8 @@ from tests.cli_support import (
 )
 from tests.conftest import data_args, only_run_dir, run_salt
 
+pytestmark = pytest.mark.slow  # end-to-end runs of `salt`
+
 
 @pytest.fixture(scope="module")
 def ddp_run(demo, tmp_path_factory) -> dict:

@@ -16,6 +16,8 @@ import yaml
 from tests.cli_support import GIT_IDENTITY, PACKAGE, git, make_code_repo
 from tests.conftest import data_args, only_run_dir, run_salt
 
+pytestmark = pytest.mark.slow  # end-to-end runs of `salt`
+
 TINY = [
     "--data.num_train", "500", "--data.num_val", "250", "--data.batch_size", "250",
     "--trainer.max_epochs", "1", "--trainer.enable_model_summary", "false",

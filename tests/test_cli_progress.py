@@ -17,7 +17,11 @@ import sys
 import termios
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import data_args
+
+pytestmark = pytest.mark.slow  # end-to-end runs of `salt`
 
 TINY = [
     "--data.num_train", "500", "--data.num_val", "200", "--data.batch_size", "100",

@@ -27,6 +27,8 @@ from salt.gitcheck import code_repo
 from tests.cli_support import probe_args, probe_env, read_probe
 from tests.conftest import data_args, only_run_dir, run_dirs, run_salt, run_salt_many
 
+pytestmark = pytest.mark.slow  # end-to-end runs of `salt`
+
 SMALL = ["--data.num_train", "500", "--data.num_val", "250", "--data.batch_size", "250"]
 CKPT_NAME = re.compile(r"^epoch=(\d{3})-val_loss=(\d+\.\d{5})\.ckpt$")
 

@@ -19,10 +19,13 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 import torch
 
 from tests.cli_support import probe_args, probe_env, read_probe, train_batches, wait_for_batches
 from tests.conftest import data_args, only_run_dir, run_dirs, run_salt
+
+pytestmark = pytest.mark.slow  # end-to-end runs of `salt`
 
 BATCHES = 60  # 6000 training jets in batches of 100
 

@@ -22,6 +22,8 @@ import yaml
 from tests.cli_support import TESTS, probe_args, read_probe, train_batches, wait_for_batches
 from tests.conftest import data_args, run_dirs
 
+pytestmark = pytest.mark.slow  # end-to-end runs of `salt`
+
 REPO = TESTS.parent
 SLURM = REPO / "submit" / "submit_slurm.sh"
 CONDOR_SUB = REPO / "submit" / "submit_htcondor.sub"

@@ -11,6 +11,8 @@ from salt.errors import SaltError
 from salt.main import out_of_memory_message
 from tests.conftest import data_args, run_dirs, run_python, run_salt_many
 
+pytestmark = pytest.mark.slow  # end-to-end runs of `salt`
+
 SMALL = [
     "--data.num_train", "200", "--data.num_val", "100", "--data.batch_size", "100",
     "--trainer.enable_model_summary", "false", "--force",

@@ -23,6 +23,8 @@ from salt.demo import write_demo_dataset
 from salt.saltml import is_saltml
 from tests.conftest import only_run_dir, run_salt
 
+pytestmark = pytest.mark.slow  # end-to-end runs of `salt`
+
 CONFIG = Path(__file__).parent / "saltml_configs" / "MaskFormer.yaml"
 NAME = "MaskFormertest"
 OBJECT_CLASSES = ["b", "c", "null"]

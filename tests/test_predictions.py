@@ -13,6 +13,8 @@ from ftag.hdf5 import H5Reader
 from salt.callbacks.predictionwriter import output_path, sample_name
 from tests.conftest import run_salt
 
+pytestmark = pytest.mark.slow  # end-to-end runs of `salt`
+
 ORIGINS = ["Pileup", "Fake", "Primary", "FromB", "FromBC", "FromC", "FromTau", "OtherSecondary"]
 
 

@@ -23,6 +23,8 @@ from salt.demo import write_demo_dataset
 from salt.saltml import is_saltml
 from tests.conftest import run_python
 
+pytestmark = pytest.mark.slow  # end-to-end runs of `salt`
+
 CONFIGS = Path(__file__).parent / "saltml_configs"
 
 #: config -> the demo classes it reads (its jet classes, in flavour_label order)

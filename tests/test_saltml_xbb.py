@@ -20,6 +20,8 @@ from salt.demo import write_demo_dataset
 from salt.saltml import SALTML_LRS_DEFAULT
 from tests.test_saltml_configs import CONFIGS, LAPTOP, _ok, drive
 
+pytestmark = pytest.mark.slow  # end-to-end runs of `salt`
+
 CLASSES = ["hbb", "hcc", "top", "qcd"]
 PROBABILITIES = ["phbb", "phcc", "ptop", "pqcd"]  # ftag's short names of the Xbb classes
 NAMES = {"GN2X": "GN2Xtest", "GN2XE": "GN2XEtest"}
