@@ -249,7 +249,8 @@ def _file(nodeid: str) -> str:
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    seconds = config.cache.get(_FILE_SECONDS, {}) if config.cache is not None else {}
+    cache = getattr(config, "cache", None)  # None with `-p no:cacheprovider`
+    seconds = cache.get(_FILE_SECONDS, {}) if cache is not None else {}
     slow = {_file(item.nodeid) for item in items if item.get_closest_marker("slow")}
     rank: dict[str, tuple] = {}
     for item in items:
@@ -267,8 +268,7 @@ def pytest_runtest_logreport(report) -> None:
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:
-    config = session.config
+    cache = getattr(session.config, "cache", None)
     # the controller (or a run without xdist) sees every file's reports; a worker only its own
-    if config.cache is not None and not hasattr(config, "workerinput") and _seconds_this_run:
-        known = config.cache.get(_FILE_SECONDS, {})
-        config.cache.set(_FILE_SECONDS, {**known, **_seconds_this_run})
+    if cache is not None and not hasattr(session.config, "workerinput") and _seconds_this_run:
+        cache.set(_FILE_SECONDS, {**cache.get(_FILE_SECONDS, {}), **_seconds_this_run})
