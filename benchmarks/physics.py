@@ -18,11 +18,12 @@ mass, pt, eta, track counts, and per subjet its tracks, pt share, leading impact
 significances and displaced-track counts). It prints top and QCD rejection of D_Hbb
 (f_top = 0.25, f_hcc = 0.02) at 50% and 60% H->bb efficiency. The README's figures:
 
-    salt-demo-data D --kind xbb --classes hbb,hcc,top,qcd --num-jets 100000 --seed 1
+    salt-demo-data D --kind xbb --classes hbb,hcc,top,qcd --num-jets 160000 --seed 1
+    salt-demo-data T --kind xbb --classes hbb,hcc,top,qcd --num-jets 400000 --seed 2 --splits test
     python benchmarks/physics.py --mode xbb --train-file D/pp_output_train.h5 \
-        --val-file D/pp_output_val.h5 --test-file D/pp_output_test_xbb.h5 \
+        --val-file D/pp_output_val.h5 --test-file T/pp_output_test_xbb.h5 \
         --norm-dict D/norm_dict.yaml --class-dict D/class_dict.yaml \
-        --num-train 100000 --num-val 2000 --epochs 1 --batch-size 250
+        --num-train 160000 --num-val 2000 --epochs 1 --batch-size 250
 """
 
 from __future__ import annotations
