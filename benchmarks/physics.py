@@ -12,11 +12,18 @@ D_b = log(p_b / (f_c p_c + f_tau p_tau + (1 - f_c - f_tau) p_u)) with f_c = 0.2,
 then one JSON line.
 
 `--mode xbb` does the same for large-R jets (`salt-demo-data --kind xbb`, classes
-hbb,hcc,top,qcd): GN2X (default: tests/saltml_configs/GN2X.yaml, salt-ml's schema, on the CPU in
-fp32) against a tree on jet substructure features (jet mass, pt, eta, track counts, and per
-subjet its tracks, pt share, leading impact-parameter significances and displaced-track counts).
-It prints top and QCD rejection of D_Hbb (f_top = 0.25, f_hcc = 0.02) at 50% and 60% H->bb
-efficiency.
+hbb,hcc,top,qcd): GN2X (default: benchmarks/configs/GN2X_physics.yaml, salt-ml's schema, GN2X's
+inputs, width 64, 3 layers, on the CPU in fp32) against a tree on jet substructure features (jet
+mass, pt, eta, track counts, and per subjet its tracks, pt share, leading impact-parameter
+significances and displaced-track counts). It prints top and QCD rejection of D_Hbb
+(f_top = 0.25, f_hcc = 0.02) at 50% and 60% H->bb efficiency. The README's figures:
+
+    salt-demo-data D --kind xbb --classes hbb,hcc,top,qcd --num-jets 160000 --seed 1
+    salt-demo-data T --kind xbb --classes hbb,hcc,top,qcd --num-jets 400000 --seed 2 --splits test
+    python benchmarks/physics.py --mode xbb --train-file D/pp_output_train.h5 \
+        --val-file D/pp_output_val.h5 --test-file T/pp_output_test_xbb.h5 \
+        --norm-dict D/norm_dict.yaml --class-dict D/class_dict.yaml \
+        --num-train 160000 --num-val 2000 --epochs 1 --batch-size 250
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ import numpy as np
 
 FC, FTAU = 0.2, 0.01
 TOP = 4  # leading tracks used as features
-XBB_CONFIG = str(Path(__file__).resolve().parent.parent / "tests" / "saltml_configs" / "GN2X.yaml")
+XBB_CONFIG = str(Path(__file__).resolve().parent / "configs" / "GN2X_physics.yaml")
 XBB_CLASSES = ("hbb", "hcc", "top", "qcd")  # the demo's flavour_label order
 XBB_EFFS = (0.5, 0.6)
 SUBJETS = 3
@@ -233,6 +240,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--workdir", default=None, help="keep the run folder here")
     args = ap.parse_args(argv)
     args.config = args.config or (XBB_CONFIG if args.mode == "xbb" else "configs/GN2.yaml")
+    if Path(args.config).exists():  # salt fit runs in the work folder
+        args.config = str(Path(args.config).resolve())
     for key in ("train_file", "val_file", "test_file", "norm_dict", "class_dict"):
         setattr(args, key, str(Path(getattr(args, key)).resolve()))
 

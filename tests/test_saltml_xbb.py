@@ -17,7 +17,8 @@ import pytest
 import yaml
 
 from salt.demo import write_demo_dataset
-from salt.saltml import SALTML_LRS_DEFAULT
+from salt.saltml import SALTML_LRS_DEFAULT, is_saltml, load_yaml, translate
+from tests.conftest import REPO
 from tests.test_saltml_configs import CONFIGS, LAPTOP, _ok, drive
 
 pytestmark = pytest.mark.slow  # end-to-end runs of `salt`
@@ -98,3 +99,19 @@ def test_to_onnx_passes_parity(runs, name):
     assert "PASSED" in onnx["stdout"] + onnx["stderr"]
     (path,) = runs[name]["run"].glob("*.onnx")
     assert path.stat().st_size > 0
+
+
+def test_physics_benchmark_config_reads_what_gn2x_reads():
+    """The physics benchmark's larger GN2X is salt-ml's schema with exactly GN2X's inputs."""
+    bench = load_yaml(REPO / "benchmarks" / "configs" / "GN2X_physics.yaml")
+    small = load_yaml(CONFIGS / "GN2X.yaml")
+    assert is_saltml(bench)
+    translated, _ = translate(bench, "GN2X_physics.yaml")
+    for config in (bench, translated):
+        assert config["data"]["variables"] == small["data"]["variables"]
+    assert bench["data"]["num_inputs"] == small["data"]["num_inputs"]
+    tasks = [
+        t["init_args"]["name"]
+        for t in bench["model"]["model"]["init_args"]["tasks"]["init_args"]["modules"]
+    ]
+    assert tasks == ["jets_classification", "track_origin", "track_vertexing"]

@@ -109,7 +109,7 @@ def track_specs(slots: int, with_subjets: bool) -> list[DatasetSpec]:
 # per-slot fields the jet physics fills, (n, V) each
 SLOT_FLOATS = ("x", "y", "z", "phi", "eta", "spread", "ptscale", "kaon", "axis_phi", "axis_eta")
 SLOT_INTS = (
-    "count", "origin", "index", "lepton", "lepton_charge", "charge", "v0kind", "barcode", "subjet",
+    "count", "origin", "index", "lepton", "lepton_charge", "charge", "v0kind", "barcode",
 )  # fmt: skip
 SLOT_BOOLS = ("pattern", "loose")
 
@@ -127,7 +127,6 @@ def empty_slots(n: int, V: int) -> dict[str, np.ndarray]:
     s.update({k: np.zeros((n, V), dtype=np.int32) for k in SLOT_INTS})
     s.update({k: np.zeros((n, V), dtype=bool) for k in SLOT_BOOLS})
     s["barcode"][:] = -1
-    s["subjet"][:] = -1
     return s
 
 
@@ -347,7 +346,7 @@ def measure(
         "phi": np.where(
             phi >= np.pi, phi - f32(2 * np.pi), np.where(phi < -np.pi, phi + f32(2 * np.pi), phi)
         ),
-        "subjetIndex": vtx("subjet"),
+        "subjetIndex": -1,  # small-R jets have none; large-R ones are clustered afterwards
         "muon_quality": quality,
         "muon_qOverPratio": muon_vars[0],
         "muon_momentumBalanceSignificance": muon_vars[1],

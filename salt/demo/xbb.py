@@ -1,13 +1,15 @@
 """Large-R jets for Xbb tagging: boosted H, W/Z and top decays, and QCD, with their subjets.
 
 A jet is one to three *prongs* (subjets): H -> bb, cc or tautau and W/Z -> qq make two, hadronic
-top (b + W -> qq) three, QCD mostly one, sometimes two (gluon splitting, g -> bb). Two prongs of
-a particle of mass m and momentum pt open up by about m / (pt sqrt(z (1 - z))), so the jet mass
-peaks at 125 (H), 80-91 (W/Z) and 173 GeV (top) and falls for QCD. Each prong fragments into
-tracks around its own axis (b and c prongs also decay at a displaced vertex; taus give 1 or 3
-tracks), and the tracks carry the index of their subjet, leading subjet first. Labels follow UPP:
-``R10TruthLabel_R22v1`` and the ghost-associated B and C hadron counts (charm from B decays not
-counted), as ftag's Xbb flavours cut on them.
+top (b + W -> qq, W -> cs half the time) three, QCD mostly one, sometimes two (gluon splitting,
+g -> bb). Two prongs of a particle of mass m and momentum pt open up by about
+m / (pt sqrt(z (1 - z))), so the jet mass peaks at 125 (H), 80-91 (W/Z) and 173 GeV (top) and
+falls for QCD. Each prong fragments into tracks around its own axis (b and c prongs also decay
+at a displaced vertex; taus give 1 or 3 tracks). Each track carries the index of the
+variable-radius track jet it was clustered into (`trackjets`: from the measured track
+directions, not from the prong it came from), leading subjet first, -1 for none. Labels follow
+UPP: ``R10TruthLabel_R22v1`` and the ghost-associated B and C hadron counts (charm from B decays
+not counted), as ftag's Xbb flavours cut on them.
 
 Datasets: ``jets`` ``(N,)``, ``tracks`` ``(N, 100)`` and ``flow`` ``(N, 100)`` (GN2X's names).
 """
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from salt.demo import decays, flows
+from salt.demo import decays, flows, trackjets
 from salt.demo.classes import LIGHT, TAU, B, C, check_classes
 from salt.demo.tracks import (
     FAKE,
@@ -78,12 +80,16 @@ class XbbRecord:
 
 
 _H, _TOP, _QCD, _VB = 0.34, 0.25, 0.35, 0.06  # natural shares: Higgs, top, QCD, W/Z
+_WCS = 0.5  # W -> cs (or cd): about half of the hadronic W decays carry a c quark
 _TOP_RECORDS = (
-    XbbRecord(1, (B, LIGHT, LIGHT), TOP_MASS, _TOP * 0.6),  # t -> bqq, contained
-    XbbRecord(6, (LIGHT, LIGHT), W_MASS, _TOP * 0.25),  # only the W's quarks in the jet
-    # partly contained: b + one W quark, whose mass spreads below the m_bq endpoint (153 GeV),
-    # across the Higgs window
-    XbbRecord(7, (B, LIGHT), 115e3, _TOP * 0.15, width=0.22),
+    XbbRecord(1, (B, C, LIGHT), TOP_MASS, _TOP * 0.6 * _WCS),  # t -> bqq, contained
+    XbbRecord(1, (B, LIGHT, LIGHT), TOP_MASS, _TOP * 0.6 * (1 - _WCS)),
+    XbbRecord(6, (C, LIGHT), W_MASS, _TOP * 0.25 * _WCS),  # only the W's quarks in the jet
+    XbbRecord(6, (LIGHT, LIGHT), W_MASS, _TOP * 0.25 * (1 - _WCS)),
+    # partly contained: b + one W quark (the c of a cs pair half the time), whose mass spreads
+    # below the m_bq endpoint (153 GeV), across the Higgs window
+    XbbRecord(7, (B, C), 115e3, _TOP * 0.15 * _WCS / 2, width=0.22),
+    XbbRecord(7, (B, LIGHT), 115e3, _TOP * 0.15 * (1 - _WCS / 2), width=0.22),
 )
 _QCD_RECORDS = {
     "ll": (
@@ -99,16 +105,19 @@ XBB_CLASSES: dict[str, tuple[XbbRecord, ...]] = {
     "hcc": (XbbRecord(12, (C, C), H_MASS, _H * 0.25),),
     "htautauhad": (XbbRecord(16, (TAU, TAU), H_MASS, _H * 0.15),),
     "top": _TOP_RECORDS,
-    "tqqb": _TOP_RECORDS[:1],
-    "wqq_from_t": _TOP_RECORDS[1:2],
-    "other_from_t": _TOP_RECORDS[2:],
+    "tqqb": _TOP_RECORDS[:2],
+    "wqq_from_t": _TOP_RECORDS[2:4],
+    "other_from_t": _TOP_RECORDS[4:],
     "qcd": tuple(r for recs in _QCD_RECORDS.values() for r in recs),
     "qcdbb": _QCD_RECORDS["bb"],
     "qcdbx": _QCD_RECORDS["bx"],
     "qcdcx": _QCD_RECORDS["cx"],
     "qcdll": _QCD_RECORDS["ll"],
     "qcdnonbb": _QCD_RECORDS["ll"] + _QCD_RECORDS["cx"] + _QCD_RECORDS["bx"],
-    "Wqq": (XbbRecord(2, (LIGHT, LIGHT), W_MASS, _VB * 0.5),),
+    "Wqq": (
+        XbbRecord(2, (C, LIGHT), W_MASS, _VB * 0.5 * _WCS),
+        XbbRecord(2, (LIGHT, LIGHT), W_MASS, _VB * 0.5 * (1 - _WCS)),
+    ),
     "Zbb": (XbbRecord(3, (B, B), Z_MASS, _VB * 0.15),),
     "Zcc": (XbbRecord(4, (C, C), Z_MASS, _VB * 0.1),),
     "Zqq": (XbbRecord(5, (LIGHT, LIGHT), Z_MASS, _VB * 0.25),),
@@ -220,6 +229,10 @@ def generate(
     jets["n_tracks"] = s["count"].sum(axis=1)
 
     trk = measure(rng, pt, eta, phi, s, arena, cone=CONE)
+    t = trk.packed
+    t["subjetIndex"] = trackjets.subjet_index(
+        t["deta"], t["dphi"], t["pt"], trk.jet, geometry["eta"], geometry["phi"], geometry["pt"]
+    )
     spec = {sp.name: sp for sp in specs()}
     neutral = 0.55 * n_frag + 0.8 * (prong_species == TAU).sum(axis=1)
     data = {
@@ -250,7 +263,7 @@ def _true_mass(
 def _prongs(
     rng: np.random.Generator, pt: np.ndarray, mass: np.ndarray, species: np.ndarray
 ) -> dict[str, np.ndarray]:
-    """Prong momenta and directions ``(n, 3)`` relative to the jet axis, and subjet indices."""
+    """Prong momenta (0: no prong) and directions ``(n, 3)`` relative to the jet axis."""
     n = len(pt)
     count = (species >= 0).sum(axis=1)
     out = {k: np.zeros((n, _PRONGS)) for k in ("pt", "eta", "phi")}
@@ -288,9 +301,7 @@ def _prongs(
     dr = np.hypot(out["eta"], out["phi"]) + 1e-9
     shrink = 0.9 * CONE * np.tanh(dr / (0.9 * CONE)) / dr
     out["eta"], out["phi"] = out["eta"] * shrink, out["phi"] * shrink
-    # subjets are indexed by decreasing pt, as track jets are
-    rank = np.argsort(np.argsort(-np.where(species >= 0, out["pt"], -1.0), axis=1), axis=1)
-    out["subjet"] = np.where(species >= 0, rank, -1)
+    out["pt"] = np.where(species >= 0, out["pt"], 0.0)
     return out
 
 
@@ -328,7 +339,6 @@ def _vertices(
         for key, src in (("phi", "phi"), ("eta", "eta"), ("axis_phi", "phi"), ("axis_eta", "eta")):
             s[key][:, frag_slot : frag_slot + _PER_PRONG] = g[src][:, p, None]
         s["spread"][:, frag_slot] = width
-        s["subjet"][:, frag_slot : frag_slot + _PER_PRONG] = g["subjet"][:, p, None]
         slots = decays.DecaySlots(*(frag_slot + k for k in range(1, 5)))
         decays.decay_vertices(
             rng, s, slots, np.where(exists, sp, LIGHT), h, g["phi"][:, p], g["eta"][:, p], width,
@@ -348,7 +358,6 @@ def _vertices(
         rng, s, _V0_SLOTS, np.full(n, 0.1), g["phi"][:, 0], g["eta"][:, 0], np.full(n, 0.1),
         np.zeros(n, dtype=bool),
     )  # fmt: skip
-    s["subjet"][:, _V0_SLOTS] = g["subjet"][:, :1]
     s["axis_phi"][:, _V0_SLOTS], s["axis_eta"][:, _V0_SLOTS] = g["phi"][:, :1], g["eta"][:, :1]
 
     # at most NUM_SLOTS tracks: drop the least informative first
