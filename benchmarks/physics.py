@@ -1,4 +1,4 @@
-"""Physics benchmark: GN2 (or GN2X) by `salt fit` against a gradient-boosted tree on the same jets.
+r"""Physics benchmark: GN2 (or GN2X) by `salt fit` against a gradient-boosted tree on the same jets.
 
     python benchmarks/physics.py --train-file F --val-file V --test-file T --norm-dict N \
         --class-dict C [--num-train 80000] [--batch-size 250] [--epochs 1] \
@@ -18,12 +18,13 @@ mass, pt, eta, track counts, and per subjet its tracks, pt share, leading impact
 significances and displaced-track counts). It prints top and QCD rejection of D_Hbb
 (f_top = 0.25, f_hcc = 0.02) at 50% and 60% H->bb efficiency. The README's figures:
 
-    salt-demo-data D --kind xbb --classes hbb,hcc,top,qcd --num-jets 160000 --seed 1
+    salt-demo-data D --kind xbb --classes hbb,hcc,top,qcd --num-jets 320000 --seed 1 \
+        --splits train,val
     salt-demo-data T --kind xbb --classes hbb,hcc,top,qcd --num-jets 400000 --seed 2 --splits test
     python benchmarks/physics.py --mode xbb --train-file D/pp_output_train.h5 \
         --val-file D/pp_output_val.h5 --test-file T/pp_output_test_xbb.h5 \
         --norm-dict D/norm_dict.yaml --class-dict D/class_dict.yaml \
-        --num-train 160000 --num-val 2000 --epochs 1 --batch-size 250
+        --num-train 320000 --num-val 2000 --epochs 1 --batch-size 250
 """
 
 from __future__ import annotations
