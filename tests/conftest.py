@@ -2,11 +2,15 @@
 
 * `demo`: the demo files (6000 training jets, 600 validation and 600 test jets).
 * `trained_run(config)`: the run folder of a `salt fit` of a shipped config on the demo files,
-  trained once per test session (`TRAINING`: 3000 jets, batches of 100, 2 epochs) and handed
+  trained once per test run (`TRAINING`: 3000 jets, batches of 100, 2 epochs) and handed
   to each caller as a fresh copy, so that a test may test, export or resume it freely. Used by
   the shipped-config, prediction, export and report tests; use it for any test that needs a
   trained model and does not care how it was trained.
-* `run_salt(args, cwd)`: `salt ARGS` in a subprocess, as a user runs it.
+* `run_salt(args, cwd)`: `salt ARGS` in a process of its own, as a user runs it, forked from a
+  server that has imported torch and Lightning (tests/salt_server.py); `run_python(code, ...)`
+  the same for a `python -c` driver.
+* `made_once(tmp_path_factory, name)`: a folder filled by one pytest-xdist worker and shared by
+  all (the demo files and the trained runs are made once per test run).
 * `run_dirs(cwd)`, `only_run_dir(cwd)`: the run folders under `cwd/logs` (not `logs/latest`,
   the link to the newest).
 """
