@@ -29,7 +29,6 @@ from pathlib import Path
 
 import pytest
 
-from salt.demo import write_demo_dataset
 from tests.salt_server import shared_server
 
 # Under pytest-xdist (`-n auto`, see pyproject.toml) every worker runs its own torch, and its
@@ -93,6 +92,8 @@ def demo(tmp_path_factory) -> dict[str, Path]:
     """Demo files: 6000 training jets, 600 validation and 600 test jets (seed 1)."""
     with made_once(tmp_path_factory, "demo") as (folder, make):
         if make:
+            from salt.demo import write_demo_dataset  # here: pytest's own start does not wait
+
             paths = write_demo_dataset(folder, num_jets=6000, seed=1)
             (folder / "paths.json").write_text(json.dumps({k: str(v) for k, v in paths.items()}))
     return {k: Path(v) for k, v in json.loads((folder / "paths.json").read_text()).items()}
@@ -135,11 +136,10 @@ def run_python(
     )
 
 
-def _other_salt(env: dict | None) -> bool:
-    """Whether `env`'s PYTHONPATH puts another salt package before this one (tests of a copy of
-    the code, see tests/cli_support.make_code_repo)."""
-    paths = (env or {}).get("PYTHONPATH", "").split(os.pathsep)
-    return any(p and (Path(p) / "salt").is_dir() and Path(p).resolve() != REPO for p in paths)
+def python_env() -> dict[str, str]:
+    """`PYTHON` and the socket variable that make a script's Python processes children of the
+    test server (tests/warm_python.py): for tests of scripts that start many of them."""
+    return shared_server(salt_env(REPO)).python_env()
 
 
 def run_salt(
@@ -158,7 +158,7 @@ def run_salt(
     torch and Lightning already; `fresh=True` starts a new interpreter instead, for tests of
     what a user sees while those are imported. `popen_kwargs` (e.g. `preexec_fn` to set a
     resource limit) go to subprocess.run, in a fresh process as well. A PYTHONPATH that puts a
-    copy of salt first gets a server of its own that has imported that copy.
+    copy of salt first gets that copy (the child imports it anew).
     """
     args = [str(a) for a in args]
     if fresh or popen_kwargs:
@@ -172,9 +172,7 @@ def run_salt(
             **popen_kwargs,
         )
     else:
-        # a PYTHONPATH that puts a copy of salt first needs a server that imported that copy
-        server_env = {"PYTHONPATH": env["PYTHONPATH"]} if _other_salt(env) else None
-        server = shared_server(salt_env(REPO, server_env))
+        server = shared_server(salt_env(REPO))
         result = server.run(args, cwd, salt_env(cwd, env), timeout, module=command)
     if check and result.returncode != 0:
         raise AssertionError(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import os
 import re
-import resource
 import shutil
 from collections import namedtuple
 from pathlib import Path
@@ -22,7 +21,7 @@ import pytest
 import torch
 
 from salt.callbacks.checkpoint import CheckpointWriteError, loadable, write_atomically
-from tests.conftest import data_args, only_run_dir, run_salt
+from tests.conftest import data_args, only_run_dir, run_python, run_salt
 
 pytestmark = pytest.mark.slow  # end-to-end runs of `salt`
 
@@ -101,11 +100,14 @@ SMALL = ["--data.num_train", "2000", "--data.num_val", "200", "--data.batch_size
 def test_salt_fit_on_a_full_disk_stops_with_the_path_and_the_size(demo, tmp_path):
     """A 300 kB file-size limit: the run's yaml and csv files fit, a DL1 checkpoint does not."""
 
-    def limit_file_size() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000))
-
+    limited_salt = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000))\n"
+        "from salt.main import main\n"
+        "main(sys.argv[1:])\n"
+    )
     args = ["fit", "--config", "configs/DL1.yaml", *data_args(demo), "--force", *SMALL]
-    result = run_salt(args, tmp_path, check=False, preexec_fn=limit_file_size)
+    result = run_python(limited_salt, args, tmp_path)
     assert result.returncode == 2, result.stderr[-3000:]
     ckpts = only_run_dir(tmp_path) / "ckpts"
     assert re.search(

@@ -13,13 +13,12 @@ import pty
 import re
 import struct
 import subprocess
-import sys
 import termios
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import data_args
+from tests.conftest import data_args, python_env
 
 pytestmark = pytest.mark.slow  # end-to-end runs of `salt`
 
@@ -33,11 +32,13 @@ def salt_in_terminal(demo, cwd: Path, rows: int, cols: int) -> str:
     """`salt fit` of DL1 with stdout and stderr on a pseudo-terminal of `rows` x `cols`."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-    env = {**os.environ, "XDG_CACHE_HOME": str(cwd / ".cache")}
+    # `python` from the test server: the terminal is under test, not Python's start-up
+    launcher = python_env()
+    env = {**os.environ, **launcher, "XDG_CACHE_HOME": str(cwd / ".cache")}
     env.pop("COLUMNS", None), env.pop("LINES", None)  # the terminal's own size, not these
     args = ["fit", "--config", "configs/DL1.yaml", *data_args(demo), "--force", *TINY]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "salt.main", *args],
+        [launcher["PYTHON"], "-m", "salt.main", *args],
         cwd=cwd, env=env, stdin=slave, stdout=slave, stderr=slave, close_fds=True,
     )  # fmt: skip
     os.close(slave)

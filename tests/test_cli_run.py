@@ -1,6 +1,7 @@
 """The life of a run through the real `salt` command: help, config errors, fast_dev_run, batch
 limits, the run folder, reproducibility, resuming, the evaluation subcommands, loggers and trainer
-options. One small GN2 training (2 epochs, dropout 0.1) is shared by most tests.
+options. One small GN2 training (2 epochs, dropout 0.1) is shared by most tests; its encoder
+has one layer (`ONE_LAYER`), as these tests are of the command, not of the model's depth.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from tests.conftest import data_args, only_run_dir, run_dirs, run_salt, run_salt
 pytestmark = pytest.mark.slow  # end-to-end runs of `salt`
 
 SMALL = ["--data.num_train", "500", "--data.num_val", "250", "--data.batch_size", "250"]
+ONE_LAYER = ["--model.model.init_args.encoder.init_args.num_layers", "1"]
 CKPT_NAME = re.compile(r"^epoch=(\d{3})-val_loss=(\d+\.\d{5})\.ckpt$")
 
 
@@ -65,7 +67,9 @@ def gn2_run(demo, tmp_path_factory) -> dict:
     dropout = ["--model.model.init_args.encoder.init_args.dropout", "0.1"]
     # stdout is a pipe: progress comes as lines, here one after every batch (0.0001 min)
     lines = ["--progress_minutes", "0.0001"]
-    result = run_salt(fit(demo, "GN2", *SMALL, *dropout, *lines, "--trainer.max_epochs", "2"), cwd)
+    result = run_salt(
+        fit(demo, "GN2", *SMALL, *ONE_LAYER, *dropout, *lines, "--trainer.max_epochs", "2"), cwd
+    )
     run_dir = only_run_dir(cwd)
     return {"cwd": cwd, "run_dir": run_dir, "result": result}
 
@@ -194,7 +198,7 @@ def test_fast_dev_run_runs_two_batches_and_writes_nothing(demo, tmp_path):
     (cwd / "untouched.txt").write_text("x")
     before = sorted(cwd.rglob("*"))
     run_salt(
-        fit(demo, "GN2", "--data.num_val", "500", "--data.batch_size", "250",
+        fit(demo, "GN2", "--data.num_val", "500", "--data.batch_size", "250", *ONE_LAYER,
             "--trainer.fast_dev_run", "2", *probe_args(probe)),
         cwd, env={**probe_env(), "XDG_CACHE_HOME": str(tmp_path / "cache")},  # matplotlib's
     )  # fmt: skip

@@ -12,11 +12,11 @@ import h5py
 import numpy as np
 import pytest
 import yaml
-from conftest import data_args, run_salt
 from test_data_loading import VARIABLES, make_dataset, make_module, read_file, write_upp
 
 from salt.data.yamldicts import load_class_weights, load_norm_dict
 from salt.errors import SaltError
+from tests.conftest import data_args, run_salt
 
 FLAVOURS = {"jets": {"flavour_label": ["bjets", "cjets", "ujets", "taujets"]}}
 

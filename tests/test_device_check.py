@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import python_env
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -85,7 +87,8 @@ def test_part_limits_leave_room_for_the_parts_after():
 @pytest.mark.slow
 def test_cpu_mode_writes_every_figure(tmp_path):
     out, work = tmp_path / "out", tmp_path / "work"
-    env = {**os.environ, "PYTHON": sys.executable}
+    # the parts start from the test server: the script is under test, not Python's start-up
+    env = {**os.environ, **python_env()}
     done = subprocess.run(
         ["bash", str(REPO / "benchmarks" / "device_check.sh"), "--cpu", "--out", str(out),
          "--work", str(work)],

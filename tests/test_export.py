@@ -20,7 +20,6 @@ import onnxruntime as ort
 import pytest
 import torch
 import yaml
-from conftest import run_salt
 from onnx import numpy_helper
 
 from salt.callbacks.checkpoint import best_checkpoint
@@ -32,6 +31,7 @@ from salt.export.to_onnx import main as to_onnx_main
 from salt.export.wrapper import dense_vertex_index
 from salt.models.layout import Packed
 from salt.models.tasks import vertex_index
+from tests.conftest import run_salt
 
 CLASSES = ["bjets", "cjets", "ujets", "taujets"]
 TRACK_MODELS = ("GN2", "GN1")

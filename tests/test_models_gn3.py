@@ -82,7 +82,7 @@ def test_attention_dropout_is_active_in_training_only():
 
 
 # ---------------------------------------------------------------------------------- GN3 model
-def gn3_model(registers=2, drop_registers=False, attention="packed", with_global=True):
+def gn3_model(registers=2, drop_registers=False, attention="packed", with_global=True, layers=2):
     torch.manual_seed(2)
     variables = {k: v for k, v in VARIABLES.items() if with_global or k != "global"}
     jet_size = 8 + (3 if with_global else 0)
@@ -120,7 +120,7 @@ def gn3_model(registers=2, drop_registers=False, attention="packed", with_global
         tasks=tasks,
         encoder=Transformer(
             D,
-            2,
+            layers,
             4,
             out_dim=8,
             norm="RMSNorm",
