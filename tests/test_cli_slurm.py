@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from tests.cli_support import TESTS, probe_args, read_probe, train_batches, wait_for_batches
-from tests.conftest import data_args, run_dirs
+from tests.conftest import data_args, python_env, run_dirs
 
 pytestmark = pytest.mark.slow  # end-to-end runs of `salt`
 
@@ -50,6 +50,21 @@ def fakes(tmp_path) -> dict:
         path.write_text(f"#!/bin/sh\n{body}\n")
         path.chmod(0o755)
     return {"bin": bin_dir, "calls": calls}
+
+
+def warm_venv(folder: Path) -> tuple[Path, dict[str, str]]:
+    """An environment for `--venv` whose activation activates this one and puts first on PATH a
+    `salt` started by the test server (tests/warm_python.py); the variables the job needs for
+    it. For the requeue test, whose subject is the job, not Python's start-up: the activation of
+    the real environment is the HTCondor wrapper's test."""
+    launcher = python_env()
+    bin_dir = folder / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "activate").write_text(f'. "{VENV}/bin/activate"\nPATH="{bin_dir}:$PATH"\n')
+    salt = bin_dir / "salt"
+    salt.write_text(f'#!/bin/sh\nexec "{launcher["PYTHON"]}" -m salt.main "$@"\n')
+    salt.chmod(0o755)
+    return folder, launcher
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -126,7 +141,9 @@ def test_slurm_refuses_bad_options(tmp_path, args, message):
 def test_slurm_job_requeues_on_the_time_limit_signal_and_resumes(demo, tmp_path, fakes):
     cwd, probe = tmp_path / "cwd", tmp_path / "probe"
     cwd.mkdir()
+    venv, launcher = warm_venv(tmp_path / "venv")
     env = clean_env(
+        **launcher,
         PATH=f"{fakes['bin']}:{os.environ['PATH']}",
         PYTHONPATH=str(TESTS),
         PYTHONUNBUFFERED="1",
@@ -136,7 +153,7 @@ def test_slurm_job_requeues_on_the_time_limit_signal_and_resumes(demo, tmp_path,
         SLURM_NTASKS_PER_NODE="1",
         SLURM_NTASKS="1",
         SLURM_SUBMIT_DIR=str(cwd),
-        SALT_VENV=str(VENV),
+        SALT_VENV=str(venv),
     )
     salt_args = [
         "fit", "--config", "configs/DL1.yaml", *data_args(demo), "--force",
@@ -150,7 +167,8 @@ def test_slurm_job_requeues_on_the_time_limit_signal_and_resumes(demo, tmp_path,
     )  # fmt: skip
     try:
         wait_for_batches(job, probe, 5)
-        # `exec srun` and the fake srun's `exec`: the job's process is salt itself now
+        # `exec srun` and the fake srun's `exec`: the job's process is salt itself now (here
+        # its launcher, which passes the signal on)
         job.send_signal(signal.SIGUSR1)  # what --signal=USR1@120 sends to the job step
         _, err = job.communicate(timeout=120)
     finally:

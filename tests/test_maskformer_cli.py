@@ -31,7 +31,7 @@ OBJECT_CLASSES = ["b", "c", "null"]
 LAPTOP = [
     "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.precision", "32",
     "--trainer.enable_model_summary", "false", "--force",
-    "--data.num_train", "2000", "--data.num_val", "300", "--data.num_test", "200",
+    "--data.num_train", "1000", "--data.num_val", "300", "--data.num_test", "200",
     "--data.batch_size", "100", "--trainer.max_epochs", "3",
 ]  # fmt: skip
 
