@@ -242,8 +242,11 @@ def run_salt_many(commands: list[list[str]], cwd: Path) -> list[subprocess.Compl
 # pytest-xdist hands out whole files (`--dist loadfile`) in collection order
 # (`--no-loadscope-reorder`). A long file that starts last keeps one worker busy after the others
 # have finished, so the files start longest first: by their time in the last run on this
-# checkout (pytest's cache), and without one (a fresh clone) those with `slow` tests first.
+# checkout (pytest's cache), without one (a fresh clone, CI) by their time in a quiet run kept in
+# tests/file_seconds.json, and files in neither with `slow` tests first. Refresh that file after
+# a quiet run with `cp .pytest_cache/v/salt/file_seconds tests/file_seconds.json`.
 _FILE_SECONDS = "salt/file_seconds"
+_SNAPSHOT = Path(__file__).with_name("file_seconds.json")
 
 
 def _file(nodeid: str) -> str:
@@ -253,6 +256,8 @@ def _file(nodeid: str) -> str:
 def pytest_collection_modifyitems(config, items) -> None:
     cache = getattr(config, "cache", None)  # None with `-p no:cacheprovider`
     seconds = cache.get(_FILE_SECONDS, {}) if cache is not None else {}
+    if not seconds and _SNAPSHOT.is_file():
+        seconds = json.loads(_SNAPSHOT.read_text())
     slow = {_file(item.nodeid) for item in items if item.get_closest_marker("slow")}
     rank: dict[str, tuple] = {}
     for item in items:

@@ -67,8 +67,9 @@ def _exit_code(code: object) -> int:
 def _take_fds(fds: dict[int, int]) -> None:
     """Make each received descriptor (value) this process's descriptor number (key)."""
     high = {}
+    above = max([1000, *fds]) + 1
     for target, fd in fds.items():  # out of the way first: a target may hold another one
-        high[target] = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 1000)
+        high[target] = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, above)
         os.close(fd)
     for target, fd in high.items():
         os.dup2(fd, target)
@@ -110,14 +111,14 @@ def _child(request: dict, fds: dict[int, int] | None, close: list) -> None:
         if fds is not None:
             os.setpgid(0, 0)  # its own group: a launcher's death ends it and its workers
             _take_fds(fds)
-        else:
-            null = os.open(os.devnull, os.O_RDONLY)
-            os.dup2(null, 0)
-            os.close(null)
-            for fd, path in ((1, request["stdout"]), (2, request["stderr"])):
-                out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-                os.dup2(out, fd)
-                os.close(out)
+        else:  # (descriptor 0 was the server's stdin, closed above: it may come back here)
+            write = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+            for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, request["stdout"], write),
+                                    (2, request["stderr"], write)):  # fmt: skip
+                opened = os.open(path, flags, 0o644)
+                if opened != fd:
+                    os.dup2(opened, fd)
+                    os.close(opened)
         for sig, handler in ((signal.SIGINT, signal.default_int_handler),
                              (signal.SIGTERM, signal.SIG_DFL)):  # fmt: skip
             signal.signal(sig, handler)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, python_env
+from tests.conftest import REPO, python_env, run_python
 
 
 @pytest.fixture(scope="module")
@@ -148,3 +148,14 @@ def test_a_ddp_rank_is_not_rank_zero(launcher):
     code = "from lightning.pytorch.utilities import rank_zero_only; print(rank_zero_only.rank)"
     assert python({**launcher, "LOCAL_RANK": "1"}, "-c", code).stdout == "1\n"
     assert python(launcher, "-c", code).stdout == "0\n"
+
+
+def test_a_tests_child_has_an_empty_stdin_and_its_output_in_files(tmp_path):
+    code = (
+        "import os, stat, sys\n"
+        "print(stat.S_ISCHR(os.fstat(0).st_mode), repr(sys.stdin.read()), os.getcwd())\n"
+        "print('err', file=sys.stderr)\n"
+    )
+    result = run_python(code, [], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (result.stdout, result.stderr) == (f"True '' {tmp_path}\n", "err\n")
