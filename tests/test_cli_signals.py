@@ -23,24 +23,29 @@ import pytest
 import torch
 
 from tests.cli_support import probe_args, probe_env, read_probe, train_batches, wait_for_batches
-from tests.conftest import data_args, only_run_dir, run_dirs, run_salt
+from tests.conftest import data_args, only_run_dir, python_env, run_dirs, run_salt
 
 pytestmark = pytest.mark.slow  # end-to-end runs of `salt`
 
 BATCHES = 60  # 6000 training jets in batches of 100
 
 
-def start_fit(demo, cwd: Path, probe: Path, fast: Path, *extra: str) -> subprocess.Popen:
+def start_fit(
+    demo, cwd: Path, probe: Path, fast: Path, *extra: str, launcher: dict | None = None
+) -> subprocess.Popen:
+    """`salt fit` of DL1 with 2 workers, temporary copies and the probe, in a process group of
+    its own; through the test server's `python` if `launcher` (tests/conftest.python_env)."""
     args = [
         "fit", "--config", "configs/DL1.yaml", *data_args(demo), "--force",
         "--data.batch_size", "100", "--data.num_val", "300", "--data.num_workers", "2",
         "--data.move_files_temp", str(fast), "--trainer.max_epochs", "1",
         "--trainer.enable_model_summary", "false", *probe_args(probe, delay=0.05), *extra,
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "XDG_CACHE_HOME": str(cwd / ".cache")}
-    env.update(probe_env())
+    env = {**os.environ, **(launcher or {}), "PYTHONUNBUFFERED": "1"}
+    env.update(probe_env(), XDG_CACHE_HOME=str(cwd / ".cache"))
+    python = launcher["PYTHON"] if launcher else sys.executable
     return subprocess.Popen(
-        [sys.executable, "-m", "salt.main", *args],
+        [python, "-m", "salt.main", *args],
         cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True,  # its own process group, as a job or a terminal gives it
     )  # fmt: skip
@@ -143,3 +148,33 @@ def test_ctrl_c_to_a_ddp_run_stops_every_rank_cleanly(demo, tmp_path):
     assert stopped["names"].count("pt_data_worker") >= 4  # two ranks' workers
     records = read_probe(stopped["probe"])
     assert len(train_batches(records[0])) == len(train_batches(records[1]))
+
+
+def test_sigterm_to_one_ddp_rank_stops_every_rank_at_the_same_batch(demo, tmp_path):
+    """A signal that reaches one rank only (rank 1 here, as a node's own kill would): the ranks
+    agree at the end of the batch, stop together, save one checkpoint and report the signal.
+    (Lightning's own handler broadcasts from inside the signal handler, and the other rank,
+    in another collective at that moment, waits forever.) The run starts from the test server:
+    the signal's way through the ranks is under test, not Python's start-up."""
+    cwd, probe, fast = tmp_path / "cwd", tmp_path / "probe", tmp_path / "fast"
+    cwd.mkdir()
+    fast.mkdir()
+    ddp = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
+    proc = start_fit(demo, cwd, probe, fast, *ddp, launcher=python_env())
+    try:
+        wait_for_batches(proc, probe, 5)
+        (rank1,) = {record["pid"] for record in read_probe(probe)[1]}
+        os.kill(rank1, signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "stopped by SIGTERM" in err
+    assert "Traceback" not in err
+    run_dir = only_run_dir(cwd)
+    (ckpt,) = (run_dir / "ckpts").glob("interrupted-epoch=000-step=*.ckpt")
+    records = read_probe(probe)
+    batches = [len(train_batches(records[rank])) for rank in (0, 1)]
+    assert batches[0] == batches[1] == int(ckpt.stem.split("step=")[1])
+    assert list(fast.rglob("*")) == []

@@ -3,10 +3,11 @@
 Lightning stops after the current batch on SIGTERM but exits 0 and saves nothing. salt:
 
 * before training (set-up, file copies): ends at once, removing temporary copies (atexit);
-* during training: lets the current batch finish (on every DDP rank: Lightning agrees on the
-  batch), saves `ckpts/interrupted-epoch=NNN-step=N.ckpt` once training has started, stops the
-  dataloader workers, and `salt` exits with 128 + the signal number, printing the command that
-  resumes. A second Ctrl-C aborts without waiting (and without a checkpoint).
+* during training: lets the current batch finish (under DDP the ranks agree after every batch,
+  so a signal to any one rank stops all of them at the same batch), saves
+  `ckpts/interrupted-epoch=NNN-step=N.ckpt` once training has started, stops the dataloader
+  workers, and `salt` exits with 128 + the signal number, printing the command that resumes. A
+  second Ctrl-C aborts without waiting (and without a checkpoint).
 * an input error met mid-training (a damaged HDF5 chunk: a SaltError from the dataloader) first
   saves the same `interrupted-...` checkpoint, then `salt` exits 2 with the error and the resume
   command;
@@ -28,6 +29,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from lightning.pytorch.callbacks import Callback
 
 log = logging.getLogger(__name__)
@@ -53,13 +55,17 @@ class _State:
 STATE = _State()
 
 
-def _handler(signum, frame) -> None:
-    if os.getpid() != STATE.owner:  # a forked worker: the main process shuts it down
-        return
+def _record(signum: int) -> None:
     if STATE.signal is None:
         STATE.signal = signum
     if signum == signal.SIGUSR1 and os.environ.get("SLURM_JOB_ID"):
         STATE.requeue = True
+
+
+def _handler(signum, frame) -> None:
+    if os.getpid() != STATE.owner:  # a forked worker: the main process shuts it down
+        return
+    _record(signum)
     if not STATE.training:
         if signum == signal.SIGINT:
             raise KeyboardInterrupt
@@ -107,48 +113,72 @@ def requeue_slurm_job() -> str:
     return f"requeued Slurm job {job}: it resumes in the same run folder"
 
 
-def _once(handler):
-    """`handler`, run for the first signal only; later ones are dropped."""
-
-    def once(signum, frame) -> None:
-        if once.fired:
-            return
-        once.fired = True
-        handler(signum, frame)
-
-    once.fired = False
-    once.salt_once = True
-    return once
-
-
 class Interruption(Callback):
     """Saves a resumable checkpoint when a run is interrupted by a signal."""
 
     def on_sanity_check_start(self, trainer, pl_module) -> None:
-        self._arm()
+        self._arm(trainer)
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self._arm()
+        self._arm(trainer)
 
     @staticmethod
-    def _arm() -> None:
-        """From here on Lightning's SIGTERM handler (installed when fitting starts) stops the loop.
+    def _arm(trainer) -> None:
+        """From here on a SIGTERM (or the SIGTERM that Ctrl-C and SIGUSR1 become) stops the
+        training loop after the current batch, instead of Lightning's handler (installed when
+        fitting starts).
 
-        It broadcasts from inside the handler to the other DDP ranks, so it must run once per
-        process: a rank that Lightning started gets SIGTERM from rank 0 as well as from a
-        terminal's or a batch system's signal to the whole group, and a second broadcast on one
-        rank alone would hang them all.
+        Lightning's handler broadcasts to the other DDP ranks from inside the signal handler,
+        that is at whatever point each rank happens to be: in another collective on another
+        rank (a gradient all-reduce, a validation metric, the broadcast at the next batch's
+        start), the ranks wait for each other forever. Here the handler only records the signal
+        and passes it on to the ranks this process started; without DDP it sets Lightning's
+        flag, and under DDP the ranks agree at the end of every training batch
+        (`on_train_batch_end`), a point that all of them reach in step.
         """
         STATE.training = True
-        handler = signal.getsignal(signal.SIGTERM)
-        if callable(handler) and not getattr(handler, "salt_once", False):
-            signal.signal(signal.SIGTERM, _once(handler))
+        if getattr(signal.getsignal(signal.SIGTERM), "salt_armed", False):
+            return
+        connector = trainer._signal_connector
+        launcher = trainer.strategy.launcher
+        distributed = trainer.world_size > 1
+
+        def on_sigterm(signum, frame) -> None:
+            if os.getpid() != STATE.owner:  # a forked worker: the main process shuts it down
+                return
+            _handler(signum, frame)
+            if on_sigterm.fired:
+                return
+            on_sigterm.fired = True
+            if STATE.signal == signal.SIGTERM:  # (Ctrl-C and SIGUSR1 said so already)
+                log.warning("SIGTERM: finishing this batch and saving a checkpoint")
+            if launcher is not None:  # the other ranks on this node, when this one started them
+                launcher.kill(signum)
+            if not distributed:
+                connector.received_sigterm = True  # Lightning stops after the batch
+
+        on_sigterm.fired = False
+        on_sigterm.salt_armed = True
+        signal.signal(signal.SIGTERM, on_sigterm)
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         STATE.training = False
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         STATE.started = True
+        if trainer.world_size > 1:
+            self._agree(trainer)
+
+    @staticmethod
+    def _agree(trainer) -> None:
+        """Under DDP, every rank stops after this batch if any rank has had a signal (a rank
+        that had none takes the other's); Lightning then raises its SIGTERMException on all of
+        them before the next batch, and all of them save the checkpoint together."""
+        mine = torch.tensor(STATE.signal or 0, device=trainer.strategy.root_device)
+        signum = int(trainer.strategy.reduce(mine, reduce_op="max"))
+        if signum:
+            _record(signum)
+            trainer._signal_connector.received_sigterm = True
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if STATE.signal is None and not isinstance(exception, KeyboardInterrupt):
