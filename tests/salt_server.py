@@ -365,9 +365,13 @@ class SaltServer:
         return subprocess.CompletedProcess(command, returncode, stdout, stderr)
 
     def close(self) -> None:
+        """Stop the server, and remove its output files, and its log unless it died."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.stdin.close()
             self.proc.wait(30)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        if self.proc is None or self.proc.returncode == 0:
+            shutil.rmtree(self.log.parent, ignore_errors=True)
 
 
 _SHARED: list[SaltServer] = []
