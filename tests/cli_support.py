@@ -146,6 +146,22 @@ def wait_for_batches(proc: subprocess.Popen, probe: Path, n: int, timeout: float
     raise AssertionError(f"no {n} training batches within {timeout} s")
 
 
+def gone_within(pid: int, seconds: float = 5.0) -> bool:
+    """Whether process `pid` has ended (or is a zombie that whoever adopted it has not reaped
+    yet) within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            state = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return True
+        if "State:\tZ" in state:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+
+
 def git(repo: Path, *args: str) -> str:
     env = {**os.environ, **GIT_IDENTITY}
     return subprocess.run(

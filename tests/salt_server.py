@@ -213,6 +213,15 @@ def _receive(conn: socket.socket) -> tuple[dict, dict[int, int]]:
     return request, dict(zip(request.pop("fds"), fds))
 
 
+def _fork(request: dict, fds: dict[int, int] | None, close: list) -> int:
+    """Start the child for `request` (see `_child`); its pid."""
+    sys.stdout.flush(), sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        _child(request, fds, close)
+    return pid
+
+
 def serve() -> None:
     """Answer requests on stdin (from the tests) and on a socket (from launchers) until stdin
     closes. Each request is a forked child; the server waits for none of them."""
@@ -230,7 +239,6 @@ def serve() -> None:
     selector.register(stdin, selectors.EVENT_READ, "stdin")
     selector.register(listener, selectors.EVENT_READ, "listener")
     launched: dict[int, socket.socket] = {}  # child pid -> its launcher's connection
-    tested: set[int] = set()  # children asked for on stdin
     os.write(answers, (json.dumps({"ready": True, **_SERVER}) + "\n").encode())
     pending = b""
     try:
@@ -244,11 +252,7 @@ def serve() -> None:
                     pending += chunk
                     while b"\n" in pending:
                         line, pending = pending.split(b"\n", 1)
-                        sys.stdout.flush(), sys.stderr.flush()
-                        pid = os.fork()
-                        if pid == 0:
-                            _child(json.loads(line), None, close)
-                        tested.add(pid)
+                        pid = _fork(json.loads(line), None, close)
                         os.write(answers, (json.dumps({"pid": pid}) + "\n").encode())
                 elif key.data == "listener":
                     conn, _ = listener.accept()
@@ -257,10 +261,7 @@ def serve() -> None:
                     except (OSError, ValueError, ConnectionError):
                         conn.close()
                         continue
-                    sys.stdout.flush(), sys.stderr.flush()
-                    pid = os.fork()
-                    if pid == 0:
-                        _child(request, fds, [*close, conn])
+                    pid = _fork(request, fds, [*close, conn])
                     for fd in fds.values():
                         os.close(fd)
                     conn.sendall((json.dumps({"pid": pid}) + "\n").encode())
@@ -280,15 +281,14 @@ def serve() -> None:
                     break
                 code = os.waitstatus_to_exitcode(status)
                 answer = (json.dumps({"returncode": code}) + "\n").encode()
-                if pid in tested:
-                    tested.discard(pid)
+                if (conn := launched.pop(pid, None)) is None:  # asked for on stdin
                     os.write(answers, answer)
-                elif (conn := launched.pop(pid, None)) is not None:
-                    with contextlib.suppress(OSError):
-                        conn.sendall(answer)
-                    with contextlib.suppress(KeyError, ValueError):
-                        selector.unregister(conn)
-                    conn.close()
+                    continue
+                with contextlib.suppress(OSError):
+                    conn.sendall(answer)
+                with contextlib.suppress(KeyError, ValueError):
+                    selector.unregister(conn)
+                conn.close()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.cli_support import gone_within
 from tests.conftest import python_env
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,14 +30,6 @@ def load_device_check():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def gone(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return True
-    return "State:\tZ" in state  # ended, not yet reaped by whoever adopted it
 
 
 def test_failed_and_timed_out_parts_are_recorded_and_the_rest_runs(tmp_path):
@@ -54,11 +47,7 @@ def test_failed_and_timed_out_parts_are_recorded_and_the_rest_runs(tmp_path):
     ok, _ = check.run("data", [sys.executable, "-c", spawn], [], limit=3)
     assert not ok and time.monotonic() - started < 30
     child = int(pid_file.read_text())
-    for _ in range(50):  # the whole process group was killed, the worker-like child too
-        if gone(child):
-            break
-        time.sleep(0.1)
-    assert gone(child)
+    assert gone_within(child)  # the whole process group was killed, the worker-like child too
     ok, output = check.run("environment", [sys.executable, "-c", "print('{\"a\": 1}')"], [])
     assert ok and dc._last_json(output) == {"a": 1}
     assert check.finish() == 1

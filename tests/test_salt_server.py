@@ -12,11 +12,10 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 
+from tests.cli_support import gone_within
 from tests.conftest import REPO, python_env, run_python
 
 
@@ -30,13 +29,6 @@ def python(env: dict, *args: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(
         [env["PYTHON"], *args], env=env, capture_output=True, text=True, timeout=60, **kwargs
     )
-
-
-def gone(pid: int) -> bool:
-    try:
-        return "State:\tZ" in Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return True
 
 
 def test_code_gets_arguments_folder_environment_streams_and_exit_status(launcher, tmp_path):
@@ -118,11 +110,7 @@ def test_killing_the_launchers_group_ends_the_child_and_its_children(launcher):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(30)
     proc.stdout.close()
-    for _ in range(100):  # the server sees the launcher's connection close
-        if gone(sleeper):
-            break
-        time.sleep(0.05)
-    assert gone(sleeper)
+    assert gone_within(sleeper)  # the server saw the launcher's connection close
 
 
 def test_options_it_does_not_know_go_to_the_real_interpreter(launcher):
